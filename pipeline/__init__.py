@@ -1,0 +1,1 @@
+"""zipvl-batch: annotate image and video datasets with LVLMs on Ray."""

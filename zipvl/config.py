@@ -1,0 +1,113 @@
+"""ZipVL configuration: the knobs of the method, validated once, trusted inside.
+
+Fields and defaults follow ``shared/ZIPVL.md`` (the project's method spec), which
+follows "ZipVL: Efficient Large Vision-Language Models with Dynamic Token
+Sparsification" (He et al., arXiv 2410.08584, ICCV 2025). Fields marked
+*extension* are not in the paper; they exist for the ablations and peers the
+benchmarks compare against, and their defaults switch them off.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Selection = Literal["per_head", "shared"]
+PrefillMode = Literal["qkv", "kv", "kv_local", "dense"]
+Backend = Literal["auto", "sdpa", "flash"]
+
+SELECTIONS: tuple[str, ...] = ("per_head", "shared")
+PREFILL_MODES: tuple[str, ...] = ("qkv", "kv", "kv_local", "dense")
+BACKENDS: tuple[str, ...] = ("auto", "sdpa", "flash")
+
+
+@dataclass(frozen=True)
+class ZipVLConfig:
+    """How ZipVL sparsifies each decoder layer of the language model.
+
+    tau: share of the probes' attention mass the kept tokens must hold (paper Eq. 6).
+        ``1.0`` keeps every token and reproduces dense attention exactly.
+    num_recent_probes / num_random_probes: probe queries, the last ``R`` positions
+        plus ``S`` drawn without replacement from the rest (paper supp. A).
+    keep_last: the last positions are always kept (the question and the token that
+        predicts the first output sit there).
+    selection: ``per_head`` keeps a set per KV head; ``shared`` one set per layer.
+    prefill: ``qkv`` (the paper's: attention among kept tokens only), ``kv`` (every
+        query attends to the kept keys and itself), ``kv_local`` (kept keys plus a
+        causal window of ``local_window`` recent keys), ``dense`` (dense prefill,
+        cache compression only).
+    dense_layers: layer indices that always run dense and keep a full cache.
+    min_prefill_len: prompts shorter than this run dense.
+    recompress_every: during decoding, re-select the cache every ``m`` steps (0 = off).
+    seed: seeds the random probes, together with the layer index.
+    fixed_ratio: *extension*, the paper's fixed-ratio ablation: keep ``ceil(ratio * n)``
+        tokens in every layer instead of the adaptive budget.
+    score_pooling: *extension*, SnapKV-style max pooling of the importance scores over
+        this many neighbouring keys before ranking (1 = off).
+    backend: attention kernels; ``auto`` uses flash-attn on CUDA when importable.
+    """
+
+    tau: float = 0.975
+    num_recent_probes: int = 64
+    num_random_probes: int = 64
+    keep_last: int = 64
+    selection: Selection = "per_head"
+    prefill: PrefillMode = "kv_local"
+    local_window: int = 128
+    dense_layers: tuple[int, ...] = field(default_factory=tuple)
+    min_prefill_len: int = 0
+    recompress_every: int = 0
+    seed: int = 0
+    fixed_ratio: float | None = None
+    score_pooling: int = 1
+    backend: Backend = "auto"
+
+    def __post_init__(self) -> None:
+        # Lists from YAML/JSON become tuples so the config stays hashable.
+        object.__setattr__(self, "dense_layers", tuple(self.dense_layers))
+        _check(isinstance(self.tau, (int, float)) and 0.0 < self.tau <= 1.0,
+               "tau", f"must be in (0, 1], got {self.tau!r}")
+        for name in ("num_recent_probes", "num_random_probes", "keep_last",
+                     "min_prefill_len", "recompress_every", "seed"):
+            value = getattr(self, name)
+            _check(isinstance(value, int) and not isinstance(value, bool) and value >= 0,
+                   name, f"must be a non-negative integer, got {value!r}")
+        _check(self.num_recent_probes + self.num_random_probes > 0, "num_recent_probes",
+               "num_recent_probes + num_random_probes must be at least 1")
+        _check(self.selection in SELECTIONS, "selection",
+               f"must be one of {SELECTIONS}, got {self.selection!r}")
+        _check(self.prefill in PREFILL_MODES, "prefill",
+               f"must be one of {PREFILL_MODES}, got {self.prefill!r}")
+        _check(isinstance(self.local_window, int) and self.local_window >= 1, "local_window",
+               f"must be an integer >= 1, got {self.local_window!r}")
+        _check(all(isinstance(i, int) and i >= 0 for i in self.dense_layers), "dense_layers",
+               f"must be non-negative layer indices, got {self.dense_layers!r}")
+        _check(self.fixed_ratio is None
+               or (isinstance(self.fixed_ratio, (int, float)) and 0.0 < self.fixed_ratio <= 1.0),
+               "fixed_ratio", f"must be None or in (0, 1], got {self.fixed_ratio!r}")
+        _check(isinstance(self.score_pooling, int) and self.score_pooling >= 1
+               and self.score_pooling % 2 == 1, "score_pooling",
+               f"must be an odd integer >= 1, got {self.score_pooling!r}")
+        _check(self.backend in BACKENDS, "backend",
+               f"must be one of {BACKENDS}, got {self.backend!r}")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ZipVLConfig:
+        """Build from a plain mapping (a YAML preset); unknown keys raise ``ValueError``."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown ZipVL config field(s): {', '.join(unknown)}; "
+                             f"known fields: {', '.join(sorted(known))}")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        values = dataclasses.asdict(self)
+        values["dense_layers"] = list(self.dense_layers)
+        return values
+
+
+def _check(condition: bool, field_name: str, message: str) -> None:
+    if not condition:
+        raise ValueError(f"ZipVLConfig.{field_name} {message}")
