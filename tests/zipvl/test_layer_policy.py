@@ -1,0 +1,115 @@
+"""One layer's selection (ZipVL steps 1-5) against scores computed from the full attention."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from zipvl.config import ZipVLConfig
+from zipvl.layer_policy import select_for_layer
+from zipvl.probes import probe_positions
+from zipvl.scores import pool_scores
+from zipvl.select import select_tokens
+
+HEADS = pytest.mark.parametrize("num_heads,num_kv_heads", [(6, 2), (4, 4)])
+
+
+def random_qk(num_heads: int, num_kv_heads: int, num_tokens: int, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    query = torch.randn(num_heads, num_tokens, 16, generator=generator)
+    key = torch.randn(num_kv_heads, num_tokens, 16, generator=generator)
+    return query, key
+
+
+def exact_scores(query, key, scale, num_kv_heads, rows=None):
+    """Accumulated ``[n]`` and normalised ``[Hk, n]`` scores from the full float64 attention.
+
+    ``rows`` restricts the probe rows (default: every position is a probe).
+    """
+    num_heads, num_tokens, _ = query.shape
+    group = num_heads // num_kv_heads
+    logits = query.double() @ key.double().repeat_interleave(group, 0).transpose(1, 2) * scale
+    future = torch.ones(num_tokens, num_tokens, dtype=torch.bool).triu(1)
+    probs = torch.softmax(logits.masked_fill(future, float("-inf")), dim=-1)
+    rows = torch.arange(num_tokens) if rows is None else rows
+    probs = probs[:, rows]
+    accumulated = probs.sum(dim=(0, 1))
+    seeing = (rows[:, None] >= torch.arange(num_tokens)[None, :]).sum(dim=0).double()
+    grouped = probs.reshape(num_kv_heads, group * rows.numel(), num_tokens).sum(dim=1)
+    normalized = grouped / (group * seeing)
+    return accumulated, normalized, rows.numel()
+
+
+def smallest_budget(accumulated: torch.Tensor, total_mass: float, tau: float,
+                    keep_last: int) -> int:
+    ranked = sorted(accumulated.tolist(), reverse=True)
+    running, count = 0.0, len(ranked)
+    for index, value in enumerate(ranked, start=1):
+        running += value
+        if running >= tau * total_mass:
+            count = index
+            break
+    return max(1, min(max(count, keep_last), len(ranked)))
+
+
+@HEADS
+@pytest.mark.parametrize("selection", ["per_head", "shared"])
+@pytest.mark.parametrize("pooling", [1, 3])
+def test_short_sequences_use_exact_scores(num_heads, num_kv_heads, selection, pooling):
+    # n <= R + S: every position is a probe, so the scores are those of the full attention.
+    num_tokens, scale = 48, 0.25
+    query, key = random_qk(num_heads, num_kv_heads, num_tokens, seed=pooling)
+    config = ZipVLConfig(tau=0.8, num_recent_probes=32, num_random_probes=32, keep_last=4,
+                         selection=selection, score_pooling=pooling)
+    kept, budget = select_for_layer(query, key, config, layer_idx=3, scale=scale)
+    accumulated, normalized, num_probes = exact_scores(query, key, scale, num_kv_heads)
+    expected_budget = smallest_budget(accumulated, num_heads * num_probes, 0.8, 4)
+    assert budget == expected_budget
+    assert 4 < budget < num_tokens  # the test exercises a real choice
+    expected = select_tokens(pool_scores(normalized, pooling), budget, 4, selection)
+    assert torch.equal(kept, expected)
+
+
+@HEADS
+def test_long_sequences_score_with_the_probes_only(num_heads, num_kv_heads):
+    num_tokens, scale = 200, 0.25
+    query, key = random_qk(num_heads, num_kv_heads, num_tokens, seed=11)
+    config = ZipVLConfig(tau=0.9, num_recent_probes=8, num_random_probes=8, keep_last=4)
+    kept, budget = select_for_layer(query, key, config, layer_idx=5, scale=scale)
+    rows = probe_positions(num_tokens, 8, 8, config.seed, 5)
+    accumulated, normalized, num_probes = exact_scores(query, key, scale, num_kv_heads, rows)
+    assert budget == smallest_budget(accumulated, num_heads * num_probes, 0.9, 4)
+    assert kept.shape == (num_kv_heads, budget)
+    assert torch.equal(kept, select_tokens(normalized, budget, 4, "per_head"))
+    again, _ = select_for_layer(query, key, config, layer_idx=5, scale=scale)
+    assert torch.equal(kept, again)
+
+
+@HEADS
+def test_tau_one_keeps_every_token(num_heads, num_kv_heads):
+    query, key = random_qk(num_heads, num_kv_heads, 70)
+    kept, budget = select_for_layer(query, key, ZipVLConfig(tau=1.0), 0, 0.25)
+    assert budget == 70
+    assert kept.tolist() == [list(range(70))] * num_kv_heads
+
+
+def test_fixed_ratio_sets_the_budget():
+    query, key = random_qk(6, 2, 100)
+    config = ZipVLConfig(fixed_ratio=0.37, keep_last=8, num_recent_probes=16,
+                         num_random_probes=16)
+    kept, budget = select_for_layer(query, key, config, 1, 0.25)
+    assert budget == math.ceil(0.37 * 100)
+    assert kept.shape == (2, budget)
+    assert set(range(92, 100)) <= set(kept[0].tolist())
+
+
+@pytest.mark.parametrize("num_tokens", [1, 3, 10])
+def test_sequences_shorter_than_keep_last_or_probe_window(num_tokens):
+    query, key = random_qk(6, 2, num_tokens)
+    kept, budget = select_for_layer(query, key, ZipVLConfig(keep_last=64), 0, 0.25)
+    assert budget == num_tokens
+    assert kept.tolist() == [list(range(num_tokens))] * 2
+    kept, budget = select_for_layer(query, key, ZipVLConfig(keep_last=0, tau=0.5), 0, 0.25)
+    assert 1 <= budget <= num_tokens and kept.shape == (2, budget)

@@ -1,0 +1,87 @@
+"""Token scores from probe attention (ZipVL steps 2 and 4).
+
+Probe attention and the accumulated score (for the budget) follow ZipVL
+(He et al., arXiv 2410.08584) Eq. 6; the normalised score (for ranking) follows
+Eq. 7, with the denominator counted from probe positions as ``shared/ZIPVL.md``
+step 4 fixes. ``pool_scores`` is the observation-window pooling of SnapKV
+(Li et al., arXiv 2404.14469), an extension measured against the paper's scores.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def probe_attention(query: torch.Tensor, key: torch.Tensor, probe_positions: torch.Tensor,
+                    scale: float) -> torch.Tensor:
+    """Causal attention probabilities of the probe queries, float32 ``[H, P, n]``.
+
+    ``query [H, n, d]`` (after RoPE), ``key [Hk, n, d]``; the probe at position ``i``
+    sees keys ``j <= i``. Only ``P x n`` scores are formed, never ``n x n``; query
+    heads are grouped onto their KV head (head ``h`` reads KV head ``h // G``), so
+    K is never repeated.
+    """
+    num_heads, num_tokens, head_dim = query.shape
+    num_kv_heads = key.shape[0]
+    group = num_heads // num_kv_heads
+    num_probes = probe_positions.numel()
+    compute_dtype = torch.promote_types(query.dtype, torch.float32)
+    probe_query = query.index_select(1, probe_positions).to(compute_dtype)
+    probe_query = probe_query.view(num_kv_heads, group * num_probes, head_dim)
+    logits = torch.bmm(probe_query, key.to(compute_dtype).transpose(1, 2)) * scale
+    logits = logits.view(num_kv_heads, group, num_probes, num_tokens)
+    key_positions = torch.arange(num_tokens, device=query.device)
+    future = key_positions[None, :] > probe_positions[:, None]
+    logits = logits.masked_fill(future, float("-inf"))
+    probs = torch.softmax(logits, dim=-1).to(torch.float32)
+    return probs.view(num_heads, num_probes, num_tokens)
+
+
+def accumulated_scores(probs: torch.Tensor) -> torch.Tensor:
+    """Attention mass each key receives, summed over heads and probes: float32 ``[n]``."""
+    return probs.sum(dim=(0, 1), dtype=torch.float32)
+
+
+def probes_at_or_after(probe_positions: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    """``c_j = |{i in P : i >= j}|`` for every key ``j``, counted from positions.
+
+    Counting non-zero probabilities instead would undercount: small probabilities
+    underflow to zero.
+    """
+    sorted_positions = torch.sort(probe_positions).values
+    keys = torch.arange(num_tokens, device=probe_positions.device, dtype=sorted_positions.dtype)
+    before = torch.searchsorted(sorted_positions, keys, side="left")
+    return sorted_positions.numel() - before
+
+
+def normalized_scores(probs: torch.Tensor, probe_positions: torch.Tensor,
+                      num_kv_heads: int) -> torch.Tensor:
+    """Importance per KV head (paper Eq. 7): float32 ``[Hk, n]``.
+
+    ``s[hk, j] = sum_{h in group(hk)} sum_{i in P, i >= j} A[h, i, j] / (G * c_j)``.
+    The causal mask already made ``A[h, i, j] = 0`` for ``i < j``. Keys no probe
+    can see (``c_j = 0``, only possible without recent probes) score 0.
+    """
+    num_heads, num_probes, num_tokens = probs.shape
+    group = num_heads // num_kv_heads
+    summed = probs.view(num_kv_heads, group * num_probes, num_tokens).sum(dim=1,
+                                                                          dtype=torch.float32)
+    counts = probes_at_or_after(probe_positions, num_tokens).to(torch.float32)
+    denominator = (counts * group).clamp_min(1.0)
+    return torch.where(counts > 0, summed / denominator, torch.zeros_like(summed))
+
+
+def pool_scores(scores: torch.Tensor, kernel: int) -> torch.Tensor:
+    """Max-pool ``scores [Hk, n]`` over ``kernel`` neighbouring keys (SnapKV), same shape.
+
+    Pooling keeps the neighbours of a salient key, so whole phrases or image
+    patches survive rather than isolated tokens.
+    """
+    if kernel < 1 or kernel % 2 == 0:
+        raise ValueError(f"pooling kernel must be an odd integer >= 1, got {kernel}")
+    if kernel == 1 or scores.shape[-1] == 0:
+        return scores
+    pooled = F.max_pool1d(scores.unsqueeze(0), kernel_size=kernel, stride=1,
+                          padding=kernel // 2)
+    return pooled.squeeze(0)
