@@ -1,0 +1,72 @@
+"""Chat templates of the tiny models, modelled on each family's published one.
+
+Each accepts `content` as a string or as a list of parts
+(`{"type": "image"}` / `{"type": "text", "text": ...}`), as
+`apply_chat_template` passes them; an image part becomes the family's image
+placeholder, which the processor then expands to the right number of tokens.
+"""
+
+from __future__ import annotations
+
+# Shared Jinja macro: render one message's content with `image` as the image marker.
+_CONTENT_MACRO = (
+    "{% macro render(content, image) %}"
+    "{% if content is string %}{{ content }}"
+    "{% else %}{% for part in content %}"
+    "{% if part['type'] == 'image' %}{{ image }}"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}"
+    "{% endif %}"
+    "{% endfor %}{% endif %}"
+    "{% endmacro %}"
+)
+
+# Llama-3 header format.
+LLAMA_TEMPLATE = (
+    _CONTENT_MACRO + "{{ bos_token }}"
+    "{% for message in messages %}"
+    "<|start_header_id|>{{ message['role'] }}<|end_header_id|>\n\n"
+    "{{ render(message['content'], '') }}<|eot_id|>"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)
+
+# Mistral instruct format.
+MISTRAL_TEMPLATE = (
+    _CONTENT_MACRO + "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'assistant' %}{{ render(message['content'], '') }}</s>"
+    "{% else %}[INST] {{ render(message['content'], '') }} [/INST]"
+    "{% endif %}"
+    "{% endfor %}"
+)
+
+# ChatML (Qwen2), with Qwen2-VL's vision markers around each image.
+CHATML_TEMPLATE = (
+    _CONTENT_MACRO + "{% for message in messages %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{{ render(message['content'], '<|vision_start|><|image_pad|><|vision_end|>') }}<|im_end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+# Llava-1.5 "USER: <image>\n... ASSISTANT:" format.
+LLAVA_TEMPLATE = (
+    _CONTENT_MACRO + "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'assistant' %}ASSISTANT: {{ render(message['content'], '') }}</s>"
+    "{% elif message['role'] == 'system' %}{{ render(message['content'], '') }} "
+    "{% else %}USER: {{ render(message['content'], '<image>\n') }} "
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
+CHAT_TEMPLATES: dict[str, str] = {
+    "llama": LLAMA_TEMPLATE,
+    "mistral": MISTRAL_TEMPLATE,
+    "qwen2": CHATML_TEMPLATE,
+    "llava": LLAVA_TEMPLATE,
+    "llava_next": LLAVA_TEMPLATE,
+    "qwen2_vl": CHATML_TEMPLATE,
+    "qwen2_5_vl": CHATML_TEMPLATE,
+}
