@@ -1,0 +1,553 @@
+"""Filesystem resolution for job inputs and outputs: local paths and ``s3://`` URIs.
+
+Every read and write of the pipeline goes through a ``pyarrow.fs.FileSystem``
+returned by :func:`resolve_filesystem`, so Ray Data, Parquet and image cells
+that hold paths all see the same configuration.
+
+S3 follows the standard AWS configuration with no change to the job file
+(https://docs.aws.amazon.com/sdkref/latest/guide/settings-reference.html):
+``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` / ``AWS_SESSION_TOKEN``,
+``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``, ``AWS_REGION`` /
+``AWS_DEFAULT_REGION``, ``AWS_PROFILE`` and the shared config and credentials
+files. pyarrow 26's ``S3FileSystem`` (AWS SDK for C++) reads the credentials
+(environment, profile, instance metadata) and the region *environment
+variables* itself, but neither the endpoint variables nor the region or
+endpoint of a profile in the config file; those are filled in here, with
+botocore's own resolution order so that the result matches the AWS CLI.
+
+A job may override any of it with ``storage_options`` (:class:`StorageOptions`).
+
+Credentials found in the driver's environment are passed to the filesystem
+explicitly: the filesystem object is pickled into Ray workers, which then need
+no AWS environment of their own (a Ray cluster started before the variables
+were set, or remote nodes). Credentials never appear in logs, reprs or error
+messages produced here; use :func:`redact` before recording options anywhere.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import posixpath
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import pyarrow.fs as pafs
+from pydantic import BaseModel, ConfigDict, model_validator
+
+S3_SCHEMES = ("s3", "s3a")
+REDACTED = "***"
+
+# Key names whose values are secrets (matched case-insensitively as substrings).
+_SECRET_KEY_PARTS = ("key", "secret", "token", "password")
+
+# Environment variables that change how S3 is resolved: part of the cache key
+# of resolved filesystems so that a changed environment is honoured.
+_AWS_ENVIRONMENT_VARIABLES = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_PROFILE",
+    "AWS_DEFAULT_PROFILE",
+    "AWS_CONFIG_FILE",
+    "AWS_SHARED_CREDENTIALS_FILE",
+)
+
+
+class StorageError(OSError):
+    """A storage location could not be resolved or accessed; the message says why."""
+
+
+class StorageOptions(BaseModel):
+    """Per-job S3 overrides of the standard AWS configuration (all optional).
+
+    ``access_key`` / ``secret_key`` / ``session_token`` are allowed but
+    discouraged: job files get committed and shared; prefer the environment or
+    a profile.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    profile: str | None = None
+    anonymous: bool = False
+    access_key: str | None = None
+    secret_key: str | None = None
+    session_token: str | None = None
+    # None: path-style for custom endpoints, virtual-hosted for AWS (pyarrow's default).
+    force_path_style: bool | None = None
+
+    @model_validator(mode="after")
+    def _check_credentials(self) -> StorageOptions:
+        if (self.access_key is None) != (self.secret_key is None):
+            raise ValueError("storage_options: access_key and secret_key must be given together")
+        if self.session_token is not None and self.access_key is None:
+            raise ValueError("storage_options: session_token needs access_key and secret_key")
+        if self.anonymous and (self.access_key is not None or self.profile is not None):
+            raise ValueError("storage_options: anonymous excludes access_key/secret_key and profile")
+        return self
+
+    def __repr__(self) -> str:
+        return f"StorageOptions({redact(self.model_dump(exclude_none=True))})"
+
+    __str__ = __repr__
+
+
+StorageOptionsLike = StorageOptions | Mapping[str, Any] | None
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    """The resolved S3 configuration; safe to print (secrets are excluded from repr)."""
+
+    endpoint_url: str | None
+    region: str | None
+    credential_source: str
+    force_path_style: bool | None
+    anonymous: bool = False
+    access_key: str | None = field(default=None, repr=False)
+    secret_key: str | None = field(default=None, repr=False)
+    session_token: str | None = field(default=None, repr=False)
+
+    def describe(self) -> str:
+        endpoint = _redact_url(self.endpoint_url) if self.endpoint_url else "the AWS default"
+        region = f"region {self.region}" if self.region else "no region set"
+        return f"endpoint {endpoint}, {region}, credentials from {self.credential_source}"
+
+
+# --------------------------------------------------------------------------- URIs
+
+
+def is_s3(uri: str) -> bool:
+    return urlsplit(str(uri)).scheme.lower() in S3_SCHEMES
+
+
+def _split_local(uri: str) -> str:
+    parts = urlsplit(uri)
+    if parts.scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            raise StorageError(f"file:// URIs with a host are not supported: {uri!r}")
+        return os.path.abspath(parts.path)
+    return os.path.abspath(os.path.expanduser(uri))
+
+
+def _split_s3(uri: str) -> str:
+    """``s3://bucket/key`` -> ``bucket/key`` (the form pyarrow's S3FileSystem expects)."""
+    parts = urlsplit(uri)
+    if not parts.netloc:
+        raise StorageError(f"S3 URI without a bucket: {uri!r} (expected s3://bucket/key)")
+    key = parts.path.lstrip("/")
+    return f"{parts.netloc}/{key}".rstrip("/") if key else parts.netloc
+
+
+def _check_scheme(uri: str) -> str:
+    scheme = urlsplit(uri).scheme.lower()
+    # A one-letter scheme is a Windows drive ("C:\\data"), i.e. a local path.
+    if scheme and len(scheme) > 1 and scheme not in S3_SCHEMES and scheme != "file":
+        raise StorageError(
+            f"unsupported storage scheme {scheme!r} in {uri!r}: use a local path, file:// or s3://"
+        )
+    return scheme
+
+
+def join(uri: str, *parts: str) -> str:
+    """Join path parts onto a local path or URI (``/`` separated, no double slashes)."""
+    uri = str(uri)
+    if not parts:
+        return uri
+    if "://" in uri:
+        base = uri.rstrip("/")
+        tail = posixpath.join(*(str(part).strip("/") for part in parts))
+        return f"{base}/{tail}"
+    return os.path.join(uri, *(str(part) for part in parts))
+
+
+def _to_uri(path: str, like_uri: str) -> str:
+    """A pyarrow filesystem path back to a URI of the same kind as ``like_uri``."""
+    if is_s3(like_uri):
+        return f"{urlsplit(like_uri).scheme}://{path}"
+    if urlsplit(like_uri).scheme == "file":
+        return f"file://{path}"
+    return path
+
+
+# ------------------------------------------------------------------ redaction
+
+
+def _is_secret_key(name: str) -> bool:
+    lowered = name.lower()
+    return any(part in lowered for part in _SECRET_KEY_PARTS)
+
+
+def _redact_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.username is None and parts.password is None:
+        return value
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, f"{REDACTED}@{host}", parts.path, parts.query, parts.fragment))
+
+
+def redact(storage_options: Any) -> Any:
+    """A copy of ``storage_options`` with every secret replaced by ``"***"``.
+
+    Secrets are the values of keys containing key/secret/token/password (at any
+    nesting depth) and user info embedded in URLs (``http://user:pass@host``).
+    """
+    if storage_options is None:
+        return None
+    if isinstance(storage_options, BaseModel):
+        storage_options = storage_options.model_dump()
+    if isinstance(storage_options, Mapping):
+        redacted = {}
+        for name, value in storage_options.items():
+            if _is_secret_key(str(name)) and value is not None and not isinstance(value, bool):
+                redacted[name] = REDACTED
+            else:
+                redacted[name] = redact(value)
+        return redacted
+    if isinstance(storage_options, (list, tuple)):
+        return type(storage_options)(redact(item) for item in storage_options)
+    if isinstance(storage_options, str) and "@" in storage_options and "://" in storage_options:
+        return _redact_url(storage_options)
+    return storage_options
+
+
+# ---------------------------------------------------------- S3 configuration
+
+
+def _as_options(storage_options: StorageOptionsLike) -> StorageOptions:
+    if storage_options is None:
+        return StorageOptions()
+    if isinstance(storage_options, StorageOptions):
+        return storage_options
+    try:
+        return StorageOptions.model_validate(dict(storage_options))
+    except Exception as error:  # pydantic's message names the field; keep it, drop values
+        raise ValueError(f"invalid storage_options: {_safe_validation_message(error)}") from None
+
+
+def _safe_validation_message(error: Exception) -> str:
+    errors = getattr(error, "errors", None)
+    if errors is None:
+        return type(error).__name__
+    messages = []
+    for item in errors(include_input=False):
+        location = ".".join(str(part) for part in item.get("loc", ())) or "storage_options"
+        messages.append(f"{location}: {item.get('msg')}")
+    return "; ".join(messages)
+
+
+def _env(name: str) -> str | None:
+    value = os.environ.get(name)
+    return value if value else None
+
+
+def _profile_config(profile: str | None) -> tuple[dict, dict, Any]:
+    """(full config, profile's scoped config, botocore session) from the shared files."""
+    try:
+        import botocore.exceptions
+        import botocore.session
+    except ImportError:  # botocore comes with s3fs; without it only env variables count
+        if profile:
+            raise StorageError("storage_options.profile needs botocore (pip install s3fs)") from None
+        return {}, {}, None
+    session = botocore.session.Session(profile=profile)
+    try:
+        return session.full_config, session.get_scoped_config(), session
+    except botocore.exceptions.ProfileNotFound:
+        if profile:
+            raise StorageError(f"AWS profile {profile!r} not found in the shared config files") from None
+        return {}, {}, None
+
+
+def _configured_endpoint(full_config: dict, scoped_config: dict) -> str | None:
+    ignore = _env("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS") or str(
+        scoped_config.get("ignore_configured_endpoint_urls", "")
+    )
+    if ignore.lower() == "true":
+        return None
+    try:
+        from botocore.configprovider import ConfiguredEndpointProvider
+    except ImportError:
+        return _env("AWS_ENDPOINT_URL_S3") or _env("AWS_ENDPOINT_URL")
+    provider = ConfiguredEndpointProvider(full_config, scoped_config, client_name="s3")
+    return provider.provide()
+
+
+def resolve_s3_settings(storage_options: StorageOptionsLike = None) -> S3Settings:
+    """The effective S3 configuration: per-job options first, then the AWS standard chain."""
+    options = _as_options(storage_options)
+    full_config, scoped_config, session = _profile_config(options.profile)
+
+    endpoint_url = options.endpoint_url or _configured_endpoint(full_config, scoped_config)
+    region = (
+        options.region
+        or _env("AWS_REGION")
+        or _env("AWS_DEFAULT_REGION")
+        or scoped_config.get("region")
+        or None
+    )
+    force_path_style = options.force_path_style
+    if force_path_style is None:
+        addressing_style = (scoped_config.get("s3") or {}).get("addressing_style")
+        if addressing_style in ("path", "virtual"):
+            force_path_style = addressing_style == "path"
+
+    if options.anonymous:
+        return S3Settings(endpoint_url, region, "anonymous access", force_path_style, anonymous=True)
+    if options.access_key is not None:
+        return S3Settings(
+            endpoint_url, region, "storage_options (access_key/secret_key)", force_path_style,
+            access_key=options.access_key, secret_key=options.secret_key,
+            session_token=options.session_token,
+        )
+    if options.profile is not None:
+        credentials = session.get_credentials() if session is not None else None
+        if credentials is None:
+            raise StorageError(f"AWS profile {options.profile!r} has no credentials")
+        frozen = credentials.get_frozen_credentials()
+        return S3Settings(
+            endpoint_url, region, f"AWS profile {options.profile!r}", force_path_style,
+            access_key=frozen.access_key, secret_key=frozen.secret_key, session_token=frozen.token,
+        )
+    access_key, secret_key = _env("AWS_ACCESS_KEY_ID"), _env("AWS_SECRET_ACCESS_KEY")
+    if access_key and secret_key:
+        return S3Settings(
+            endpoint_url, region, "environment (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)",
+            force_path_style, access_key=access_key, secret_key=secret_key,
+            session_token=_env("AWS_SESSION_TOKEN"),
+        )
+    profile_name = _env("AWS_PROFILE") or _env("AWS_DEFAULT_PROFILE") or "default"
+    return S3Settings(
+        endpoint_url, region,
+        f"the AWS SDK default chain (profile {profile_name!r}, instance or container role)",
+        force_path_style,
+    )
+
+
+def resolved_storage_options(storage_options: StorageOptionsLike = None) -> dict[str, Any]:
+    """The S3 configuration resolved in this process, as explicit ``storage_options``.
+
+    Hand these (not the job's own options) to code that runs in other processes,
+    such as Ray workers reading image paths: their environment and AWS files may
+    differ from the driver's (a Ray started before the variables were set, other
+    nodes). Credentials the AWS SDK would find by itself (instance roles, the
+    ``AWS_PROFILE`` chain) are left for each process to find. The result holds
+    secrets: pass it along, never log it (use :func:`redact`).
+    """
+    settings = resolve_s3_settings(storage_options)
+    resolved: dict[str, Any] = {}
+    if settings.endpoint_url:
+        resolved["endpoint_url"] = settings.endpoint_url
+    if settings.region:
+        resolved["region"] = settings.region
+    if settings.force_path_style is not None:
+        resolved["force_path_style"] = settings.force_path_style
+    if settings.anonymous:
+        resolved["anonymous"] = True
+    elif settings.access_key is not None:
+        resolved["access_key"] = settings.access_key
+        resolved["secret_key"] = settings.secret_key
+        if settings.session_token:
+            resolved["session_token"] = settings.session_token
+    return resolved
+
+
+def _s3_filesystem(settings: S3Settings) -> pafs.S3FileSystem:
+    kwargs: dict[str, Any] = {}
+    if settings.region:
+        kwargs["region"] = settings.region
+    if settings.endpoint_url:
+        endpoint = urlsplit(settings.endpoint_url if "://" in settings.endpoint_url
+                            else f"https://{settings.endpoint_url}")
+        if endpoint.path not in ("", "/"):
+            raise StorageError(f"S3 endpoint URLs with a path are not supported: {endpoint.path!r}")
+        kwargs["scheme"] = endpoint.scheme
+        kwargs["endpoint_override"] = endpoint.netloc
+    if settings.force_path_style is False:
+        kwargs["force_virtual_addressing"] = True
+    elif settings.force_path_style and not settings.endpoint_url:
+        # pyarrow uses path-style exactly when an endpoint is overridden.
+        region = settings.region or "us-east-1"
+        kwargs["endpoint_override"] = f"s3.{region}.amazonaws.com"
+    if settings.anonymous:
+        kwargs["anonymous"] = True
+    elif settings.access_key is not None:
+        kwargs["access_key"] = settings.access_key
+        kwargs["secret_key"] = settings.secret_key
+        if settings.session_token:
+            kwargs["session_token"] = settings.session_token
+    return pafs.S3FileSystem(**kwargs)
+
+
+def _environment_snapshot() -> tuple[tuple[str, str | None], ...]:
+    return tuple((name, os.environ.get(name)) for name in _AWS_ENVIRONMENT_VARIABLES)
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_s3_filesystem(
+    options: StorageOptions, environment: tuple[tuple[str, str | None], ...]
+) -> tuple[pafs.S3FileSystem, S3Settings]:
+    del environment  # part of the cache key only
+    settings = resolve_s3_settings(options)
+    return _s3_filesystem(settings), settings
+
+
+# ---------------------------------------------------------------- public API
+
+
+def resolve_filesystem(
+    uri: str, storage_options: StorageOptionsLike = None
+) -> tuple[pafs.FileSystem, str]:
+    """``(filesystem, path)`` for a local path, ``file://`` URI or ``s3://bucket/key``.
+
+    Local paths come back absolute; S3 paths as ``bucket/key`` (no scheme), the
+    form pyarrow filesystems take. ``storage_options`` apply to S3 only.
+    """
+    uri = os.fspath(uri)
+    scheme = _check_scheme(uri)
+    if scheme in S3_SCHEMES:
+        filesystem, _ = _cached_s3_filesystem(_as_options(storage_options), _environment_snapshot())
+        return filesystem, _split_s3(uri)
+    return pafs.LocalFileSystem(), _split_local(uri)
+
+
+def describe_location(uri: str, storage_options: StorageOptionsLike = None) -> str:
+    """A one-line, secret-free description of where ``uri`` lives (for logs and errors)."""
+    if not is_s3(uri):
+        return f"local path {_split_local(uri)}"
+    settings = resolve_s3_settings(storage_options)
+    return f"{uri} ({settings.describe()})"
+
+
+def fsspec_filesystem(uri: str, storage_options: StorageOptionsLike = None):
+    """An fsspec filesystem with the same configuration, for libraries that need fsspec."""
+    if not is_s3(uri):
+        _check_scheme(uri)
+        import fsspec
+
+        return fsspec.filesystem("file")
+    import s3fs
+
+    settings = resolve_s3_settings(storage_options)
+    kwargs: dict[str, Any] = {}
+    client_kwargs: dict[str, Any] = {}
+    if settings.endpoint_url:
+        kwargs["endpoint_url"] = settings.endpoint_url
+    if settings.region:
+        client_kwargs["region_name"] = settings.region
+    if settings.force_path_style is not None:
+        style = "path" if settings.force_path_style else "virtual"
+        kwargs["config_kwargs"] = {"s3": {"addressing_style": style}}
+    if settings.anonymous:
+        kwargs["anon"] = True
+    elif settings.access_key is not None:
+        kwargs.update(key=settings.access_key, secret=settings.secret_key)
+        if settings.session_token:
+            kwargs["token"] = settings.session_token
+    if client_kwargs:
+        kwargs["client_kwargs"] = client_kwargs
+    return s3fs.S3FileSystem(**kwargs)
+
+
+# pyarrow spells AWS error codes in upper snake case, botocore/s3fs in CamelCase.
+_ACCESS_DENIED = re.compile(
+    r"ACCESS_DENIED|AccessDenied|SIGNATURE_DOES_NOT_MATCH|SignatureDoesNotMatch"
+    r"|INVALID_ACCESS_KEY_ID|InvalidAccessKeyId|\b403\b|Forbidden"
+)
+_NETWORK = re.compile(r"NETWORK_CONNECTION|Could not connect|Could not resolve|curlCode")
+_NO_BUCKET = re.compile(r"NoSuchBucket|NO_SUCH_BUCKET|Bucket '[^']*' not found")
+
+
+def explain_storage_error(
+    action: str, uri: str, storage_options: StorageOptionsLike, error: Exception
+) -> StorageError:
+    """A :class:`StorageError` for a pyarrow/AWS ``error`` met while ``action``-ing ``uri``.
+
+    The message names the location, endpoint, region and where the credentials
+    came from (never their values) and what to check. Raise it ``from error``.
+    """
+    message = str(error)
+    try:
+        where = describe_location(uri, storage_options)
+    except Exception:  # describing must never hide the original error
+        where = uri
+    if _ACCESS_DENIED.search(message):
+        hint = ("the server rejected the credentials or they lack permission: check the access "
+                "key and secret key (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, the AWS profile, "
+                "or storage_options)")
+    elif _NETWORK.search(message):
+        hint = "the S3 endpoint cannot be reached: check AWS_ENDPOINT_URL or storage_options.endpoint_url"
+    elif _NO_BUCKET.search(message):
+        hint = "the bucket does not exist"
+    else:
+        return StorageError(f"cannot {action} {where}: {message}")
+    return StorageError(f"cannot {action} {where}: {hint} [{message}]")
+
+
+def check_access(uri: str, storage_options: StorageOptionsLike = None) -> pafs.FileInfo:
+    """Stat ``uri`` (file or directory), raising :class:`StorageError` with a clear hint."""
+    filesystem, path = resolve_filesystem(uri, storage_options)
+    try:
+        return filesystem.get_file_info(path)
+    except OSError as error:
+        raise explain_storage_error("access", uri, storage_options, error) from error
+
+
+def exists(uri: str, storage_options: StorageOptionsLike = None) -> bool:
+    """Whether a file or directory (S3: an object or a non-empty prefix) exists at ``uri``."""
+    return check_access(uri, storage_options).type != pafs.FileType.NotFound
+
+
+def read_bytes(uri: str, storage_options: StorageOptionsLike = None) -> bytes:
+    """The whole content of one file (e.g. an image cell that holds a path or URI)."""
+    filesystem, path = resolve_filesystem(uri, storage_options)
+    try:
+        with filesystem.open_input_stream(path) as stream:
+            return stream.read()
+    except FileNotFoundError as error:
+        raise StorageError(f"file not found: {describe_location(uri, storage_options)}") from error
+    except OSError as error:
+        raise explain_storage_error("read", uri, storage_options, error) from error
+
+
+def write_bytes(uri: str, data: bytes, storage_options: StorageOptionsLike = None) -> None:
+    """Write one whole file (S3: one object; local: parent folders are created)."""
+    filesystem, path = resolve_filesystem(uri, storage_options)
+    try:
+        if not is_s3(uri):  # S3 has no folders to create
+            filesystem.create_dir(os.path.dirname(path), recursive=True)
+        with filesystem.open_output_stream(path) as stream:
+            stream.write(data)
+    except OSError as error:
+        raise explain_storage_error("write", uri, storage_options, error) from error
+
+
+def list_files(dir_uri: str, suffix: str = "", storage_options: StorageOptionsLike = None) -> list[str]:
+    """URIs of the files under ``dir_uri`` (recursive) ending with ``suffix``, sorted.
+
+    A missing directory gives an empty list. Results keep the form of
+    ``dir_uri`` (``s3://...`` stays a URI; local paths come back absolute).
+    """
+    filesystem, path = resolve_filesystem(dir_uri, storage_options)
+    selector = pafs.FileSelector(path, recursive=True, allow_not_found=True)
+    try:
+        infos = filesystem.get_file_info(selector)
+    except OSError as error:
+        raise explain_storage_error("list", dir_uri, storage_options, error) from error
+    return sorted(
+        _to_uri(info.path, dir_uri)
+        for info in infos
+        if info.type == pafs.FileType.File and info.path.endswith(suffix)
+    )
