@@ -1,0 +1,320 @@
+"""The ``"zipvl"`` attention implementation registered with transformers (ZipVL steps 1-8).
+
+transformers 5.x calls a registered attention function from every decoder layer
+with the query after RoPE and the K/V its cache returned (``shared/FACTS.md``).
+At prefill (the layer's cache was empty) this function runs ZipVL per sample on
+the unpadded tokens: selection (``layer_policy.select_for_layer``), sparse
+prefill (``sparse_attention.sparse_prefill_attention``), then compresses the
+layer's ``ZipVLCache`` to the kept tokens. While decoding it reads the ragged
+compressed cache (``sparse_attention.decode_attention``, or flash-attn).
+
+The matching mask function hands the attention function the 2-D padding mask
+(the flash-attention convention in transformers) instead of an ``n x n`` mask:
+ZipVL only needs to know which positions are padding, and builds the causal
+structure itself on the gathered tokens.
+
+The cache object is not passed to attention functions; the forward pre-hook in
+``zipvl.patch`` records the current one in the model's ``ZipVLState``, which
+every attention module of the language model points to.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from transformers import AttentionInterface
+from transformers.masking_utils import AttentionMaskInterface
+
+from zipvl.backends import flash
+from zipvl.cache import ZipVLCache, ZipVLLayer
+from zipvl.config import ZipVLConfig
+from zipvl.layer_policy import select_for_layer
+from zipvl.sparse_attention import (
+    decode_attention,
+    dense_causal_attention,
+    sparse_prefill_attention,
+)
+from zipvl.stats import PrefillRecord
+
+ATTENTION_NAME = "zipvl"
+STATE_ATTRIBUTE = "_zipvl_state"
+
+# ``(layer_idx, sample_index, num_tokens) -> kept [Hk, p]`` (sorted, unpadded positions),
+# or ``None`` to let ZipVL select. For tests and selection experiments.
+KeptOverride = Callable[[int, int, int], "torch.Tensor | None"]
+
+
+@dataclass
+class ZipVLState:
+    """Runtime state of one patched model, shared by its attention modules and hooks.
+
+    The current cache is held by weak reference: once ``generate`` (or the caller)
+    drops it, its memory is freed rather than kept alive until the next prefill.
+    """
+
+    config: ZipVLConfig
+    num_layers: int
+    record: PrefillRecord = field(default_factory=PrefillRecord)
+    kept_override: KeptOverride | None = None
+    _cache_ref: weakref.ref | None = field(default=None, repr=False)
+
+    @property
+    def cache(self) -> ZipVLCache | None:
+        return self._cache_ref() if self._cache_ref is not None else None
+
+    @cache.setter
+    def cache(self, cache: ZipVLCache | None) -> None:
+        self._cache_ref = weakref.ref(cache) if cache is not None else None
+
+    def begin_prefill(self) -> None:
+        self.record = PrefillRecord()
+
+
+def register() -> None:
+    """Register the ``"zipvl"`` attention and mask functions with transformers (idempotent)."""
+    AttentionInterface.register(ATTENTION_NAME, zipvl_attention_forward)
+    AttentionMaskInterface.register(ATTENTION_NAME, zipvl_padding_mask)
+
+
+def zipvl_padding_mask(batch_size: int, q_length: int, kv_length: int, q_offset: int = 0,
+                       kv_offset: int = 0, attention_mask: torch.Tensor | None = None,
+                       **kwargs) -> torch.Tensor | None:
+    """The 2-D boolean padding mask ``[b, kv_length]`` (True = real token), or ``None``.
+
+    Same contract as transformers' ``flash_attention_mask``: no ``b x n x n`` tensor.
+    """
+    if attention_mask is None:
+        return None
+    return attention_mask[:, -kv_length:] if attention_mask.shape[-1] > kv_length else attention_mask
+
+
+def zipvl_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
+                            value: torch.Tensor, attention_mask: torch.Tensor | None,
+                            scaling: float | None = None, dropout: float = 0.0,
+                            **kwargs) -> tuple[torch.Tensor, None]:
+    """transformers attention interface: ``query [b, H, q, d]`` -> ``([b, q, H, d], None)``."""
+    state: ZipVLState | None = getattr(module, STATE_ATTRIBUTE, None)
+    if state is None:
+        raise RuntimeError("attention implementation 'zipvl' is selected but this model was not "
+                           "patched: call zipvl.enable(model) instead of setting it by hand")
+    if dropout:
+        raise NotImplementedError("ZipVL is inference-only: attention dropout must be 0 "
+                                  "(call model.eval())")
+    scale = float(scaling) if scaling is not None else query.shape[-1] ** -0.5
+    layer_idx = module.layer_idx
+    layer = _cache_layer(state.cache, layer_idx)
+    sliding_window = kwargs.get("sliding_window")
+    if layer is not None and not layer.awaiting_compression:
+        if sliding_window is not None:
+            _check_window(sliding_window, _longest_sequence(layer))
+        output = _decode(state, layer, layer_idx, query, key, value, scale)
+    else:
+        output = _prefill(state, layer, layer_idx, query, key, value, attention_mask, scale,
+                          sliding_window)
+    return output.transpose(1, 2).contiguous(), None
+
+
+def _cache_layer(cache: object, layer_idx: int) -> ZipVLLayer | None:
+    if cache is None:
+        return None
+    if not isinstance(cache, ZipVLCache):
+        raise RuntimeError(f"ZipVL needs a ZipVLCache, got {type(cache).__name__}")
+    return cache.layers[layer_idx] if layer_idx < len(cache.layers) else None
+
+
+def _check_window(sliding_window: int | None, longest: int) -> None:
+    # Inside the window a sliding-window layer is plain causal attention; beyond it the
+    # compressed cache would need evicting by position, which ZipVL does not define.
+    if sliding_window is not None and longest > sliding_window:
+        raise NotImplementedError(
+            f"ZipVL does not support sliding-window attention past the window: sequence of "
+            f"{longest} tokens, window {sliding_window}")
+
+
+def _longest_sequence(layer: ZipVLLayer) -> int:
+    decoded = layer.logical_length - layer.prefill_length
+    return int(layer.prompt_tokens.max()) + decoded if layer.prompt_tokens.numel() else decoded
+
+
+# ---- prefill ------------------------------------------------------------------------------
+
+
+def _valid_tokens(attention_mask: torch.Tensor | None, batch: int, num_tokens: int,
+                  device: torch.device) -> torch.Tensor | None:
+    """``[b, n]`` bool, True for real tokens; ``None`` when nothing is padding."""
+    if attention_mask is None:
+        return None
+    if attention_mask.ndim != 2:
+        raise NotImplementedError(
+            f"ZipVL needs a 2-D padding mask, got a {attention_mask.ndim}-D attention mask "
+            "(custom 4-D masks are not supported)")
+    if attention_mask.shape[-1] < num_tokens:
+        raise ValueError(f"attention_mask covers {attention_mask.shape[-1]} positions, "
+                         f"the prompt has {num_tokens}")
+    return attention_mask[:, -num_tokens:].to(device=device, dtype=torch.bool)
+
+
+def _prefill(state: ZipVLState, layer: ZipVLLayer | None, layer_idx: int, query: torch.Tensor,
+             key: torch.Tensor, value: torch.Tensor, attention_mask: torch.Tensor | None,
+             scale: float, sliding_window: int | None) -> torch.Tensor:
+    batch, num_heads, num_tokens, head_dim = query.shape
+    num_kv_heads = key.shape[1]
+    if key.shape[2] != num_tokens:
+        raise RuntimeError(f"ZipVL prefill got {key.shape[2]} keys for {num_tokens} queries: "
+                           "the cache already held tokens that ZipVL did not compress")
+    config = state.config
+    valid = _valid_tokens(attention_mask, batch, num_tokens, query.device)
+    positions: list[torch.Tensor | None] = []
+    for sample in range(batch):
+        if valid is None or bool(valid[sample].all()):
+            positions.append(None)
+        else:
+            positions.append(valid[sample].nonzero().squeeze(1))
+    prompt_tokens = [num_tokens if pos is None else int(pos.numel()) for pos in positions]
+    _check_window(sliding_window, max(prompt_tokens, default=0))
+
+    samples = []
+    for sample, pos in enumerate(positions):
+        sample_query, sample_key, sample_value = query[sample], key[sample], value[sample]
+        if pos is not None:
+            sample_query = sample_query.index_select(1, pos)
+            sample_key = sample_key.index_select(1, pos)
+            sample_value = sample_value.index_select(1, pos)
+        samples.append((sample_query, sample_key, sample_value))
+
+    kept_list, modes = [], []
+    for sample, (sample_query, sample_key, _) in enumerate(samples):
+        kept, mode = _choose_tokens(state, layer_idx, sample, sample_query, sample_key, scale)
+        kept_list.append(kept)
+        modes.append(mode)
+
+    outputs = _prefill_outputs(config, samples, kept_list, modes, scale, query)
+    output = query.new_zeros(batch, num_heads, num_tokens, head_dim)
+    for sample, (pos, sample_output) in enumerate(zip(positions, outputs)):
+        if sample_output is None:
+            continue
+        if pos is None:
+            output[sample] = sample_output
+        else:
+            output[sample].index_copy_(1, pos, sample_output.to(output.dtype))
+
+    if layer is not None:
+        kept_in_prompt = [kept if pos is None else pos[kept] for pos, kept in zip(positions, kept_list)]
+        layer.compress(kept_in_prompt, prompt_tokens=prompt_tokens)
+    state.record.add_layer(layer_idx, [int(kept.shape[-1]) for kept in kept_list], prompt_tokens,
+                           bytes_per_token=2 * num_kv_heads * head_dim * key.element_size())
+    return output
+
+
+def _choose_tokens(state: ZipVLState, layer_idx: int, sample: int, query: torch.Tensor,
+                   key: torch.Tensor, scale: float) -> tuple[torch.Tensor, str]:
+    """Kept positions ``[Hk, p]`` of one unpadded sample and the prefill mode to run it with."""
+    config = state.config
+    num_kv_heads, num_tokens = key.shape[0], key.shape[1]
+    every_token = torch.arange(num_tokens, device=key.device).expand(num_kv_heads, num_tokens)
+    if num_tokens == 0:
+        return every_token, "empty"
+    if layer_idx in config.dense_layers or num_tokens < config.min_prefill_len:
+        return every_token, "dense"
+    override = state.kept_override(layer_idx, sample, num_tokens) if state.kept_override else None
+    if override is not None:
+        kept = override.to(device=key.device, dtype=torch.long)
+        if kept.ndim != 2 or kept.shape[0] != num_kv_heads:
+            raise ValueError(f"kept_override must return [Hk={num_kv_heads}, p], got {tuple(kept.shape)}")
+    else:
+        kept, _ = select_for_layer(query, key, config, layer_idx, scale)
+    return kept, config.prefill
+
+
+def _prefill_outputs(config: ZipVLConfig, samples: list, kept_list: list[torch.Tensor],
+                     modes: list[str], scale: float,
+                     query: torch.Tensor) -> list[torch.Tensor | None]:
+    """Attention output ``[H, n_i, d]`` per sample (``None`` for an empty sample)."""
+    outputs: list[torch.Tensor | None] = [None] * len(samples)
+    flash_modes = {"dense": flash.dense_prefill, "qkv": flash.gathered_prefill}
+    if flash.use_flash(config.backend, query):
+        # One packed kernel call per mode over the whole batch; kv / kv_local have no
+        # flash kernel here and fall through to SDPA below.
+        for mode, kernel in flash_modes.items():
+            members = [i for i, sample_mode in enumerate(modes) if sample_mode == mode]
+            if not members:
+                continue
+            queries, keys, values = (list(column) for column in zip(*(samples[i] for i in members)))
+            if mode == "qkv":
+                results = kernel(queries, keys, values, [kept_list[i] for i in members], scale)
+            else:
+                results = kernel(queries, keys, values, scale)
+            for i, result in zip(members, results):
+                outputs[i] = result
+    for i, ((sample_query, sample_key, sample_value), mode) in enumerate(zip(samples, modes)):
+        if outputs[i] is not None or mode == "empty":
+            continue
+        if mode == "dense":
+            outputs[i] = dense_causal_attention(sample_query, sample_key, sample_value, scale)
+        else:
+            outputs[i] = sparse_prefill_attention(sample_query, sample_key, sample_value,
+                                                  kept_list[i], mode, config.local_window, scale)
+    return outputs
+
+
+# ---- decoding -----------------------------------------------------------------------------
+
+
+def _decode(state: ZipVLState, layer: ZipVLLayer, layer_idx: int, query: torch.Tensor,
+            key: torch.Tensor, value: torch.Tensor, scale: float) -> torch.Tensor:
+    """New tokens over the ragged compressed cache (they were appended by ``update``)."""
+    if flash.use_flash(state.config.backend, query):
+        output = flash.kvcache_decode(query, layer.keys, layer.values, layer.lengths, scale)
+    else:
+        output = decode_attention(query, key, value, layer.lengths, scale)
+    if state.config.recompress_every > 0:
+        _maybe_recompress(state.config, layer, layer_idx, query, scale)
+    return output
+
+
+def _maybe_recompress(config: ZipVLConfig, layer: ZipVLLayer, layer_idx: int,
+                      query: torch.Tensor, scale: float) -> None:
+    """Every ``recompress_every`` decoded tokens, re-run steps 1-5 on the layer's cache.
+
+    Decisions (the paper does not define re-compression): the probes are the queries
+    of the last ``m`` decoded tokens, which sit in the last ``m`` cache slots, so
+    causality by slot order holds; no random probes (the cached tokens have no
+    queries kept). The budget is always the adaptive one (``tau``): a fixed ratio
+    re-applied every ``m`` steps would shrink the cache geometrically. Dense layers
+    and samples whose prompt ran dense (``min_prefill_len``) keep every token.
+    """
+    if layer_idx in config.dense_layers:
+        return
+    window = config.recompress_every
+    layer.remember_query(query, window)
+    layer.decode_steps += query.shape[2]
+    if layer.decode_steps < window:
+        return
+    probes = layer.recent_queries
+    num_probes = probes.shape[2]
+    probe_config = dataclasses.replace(config, num_recent_probes=num_probes, num_random_probes=0,
+                                       fixed_ratio=None)
+    num_heads, head_dim = probes.shape[1], probes.shape[3]
+    num_kv_heads = layer.keys.shape[1]
+    kept_list = []
+    for sample, length in enumerate(layer.lengths.tolist()):
+        if int(layer.prompt_tokens[sample]) < config.min_prefill_len:
+            kept_list.append(torch.arange(length, device=layer.keys.device)
+                             .expand(num_kv_heads, length))
+            continue
+        sample_keys = layer.keys[sample, :, :length]
+        # Rows before the probes are never read (no random probes): zeros stand in for them.
+        rows = torch.cat([probes.new_zeros(num_heads, length - num_probes, head_dim),
+                          probes[sample]], dim=1)
+        kept, _ = select_for_layer(rows, sample_keys, probe_config, layer_idx, scale)
+        kept_list.append(kept)
+    layer.compress(kept_list)
+    layer.recent_queries = None
+    layer.decode_steps = 0
+
+
+register()

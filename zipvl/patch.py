@@ -1,0 +1,207 @@
+"""Patch a Hugging Face (vision-)language model to run ZipVL, and undo it.
+
+Everything goes through transformers' own extension points (``shared/FACTS.md``):
+the ``"zipvl"`` attention + mask functions (``zipvl.attention``) selected for the
+language model only with ``set_attn_implementation``, and a forward pre-hook on
+the text decoder that hands every prefill a fresh ``ZipVLCache`` (``generate``
+creates an empty ``DynamicCache``; the decoder returns ours in its output, which
+``generate`` keeps for the following steps). No modeling code is copied or
+replaced, so ``disable`` restores the dense model exactly.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+from functools import partial
+from typing import Any
+
+import torch
+
+from zipvl.attention import ATTENTION_NAME, STATE_ATTRIBUTE, ZipVLState, register
+from zipvl.backends.flash import check_flash_backend
+from zipvl.cache import ZipVLCache
+from zipvl.config import ZipVLConfig
+from zipvl.stats import ZipVLStats
+
+# model_type of the supported families: the causal LMs, then the LVLMs built on them.
+SUPPORTED_MODEL_TYPES: tuple[str, ...] = (
+    "llama", "mistral", "qwen2", "llava", "llava_next", "qwen2_vl", "qwen2_5_vl")
+# Language models a Llava / LlavaNext checkpoint may wrap that ZipVL is tested with.
+_SUPPORTED_TEXT_MODEL_TYPES = ("llama", "mistral", "qwen2")
+_WRAPPERS_WITH_TEXT_MODEL = ("llava", "llava_next")
+
+_PATCH_ATTRIBUTE = "_zipvl_patch"
+
+
+class _Patch:
+    """What ``enable`` changed on one model, so ``disable`` can put it back."""
+
+    def __init__(self, state: ZipVLState, decoder: torch.nn.Module,
+                 attention_modules: list[torch.nn.Module], previous_implementation: str,
+                 hook: torch.utils.hooks.RemovableHandle) -> None:
+        self.state = state
+        self.decoder = decoder
+        self.attention_modules = attention_modules
+        self.previous_implementation = previous_implementation
+        self.hook = hook
+
+
+def enable(model: torch.nn.Module, config: ZipVLConfig | Mapping[str, Any] | None = None,
+           ) -> torch.nn.Module:
+    """Run ``model``'s language model with ZipVL; returns ``model`` (patched in place).
+
+    Idempotent: enabling an enabled model only replaces its config.
+    """
+    config = _as_config(config)
+    _check_supported(model)
+    check_flash_backend(config.backend, _device_of(model))
+    register()
+    patch: _Patch | None = getattr(model, _PATCH_ATTRIBUTE, None)
+    if patch is not None:
+        patch.state.config = config
+        return model
+
+    decoder = model.get_decoder()
+    text_config = decoder.config
+    attention_modules = _attention_modules(decoder, text_config.num_hidden_layers)
+    previous_implementation = text_config._attn_implementation
+    state = ZipVLState(config=config, num_layers=text_config.num_hidden_layers)
+    model.set_attn_implementation(_implementation_request(model, ATTENTION_NAME))
+    hook = decoder.register_forward_pre_hook(
+        partial(_before_decoder_forward, state, _parameter_names(decoder)), with_kwargs=True)
+    for module in attention_modules:
+        setattr(module, STATE_ATTRIBUTE, state)
+    setattr(model, _PATCH_ATTRIBUTE, _Patch(state, decoder, attention_modules,
+                                            previous_implementation, hook))
+    return model
+
+
+def disable(model: torch.nn.Module) -> torch.nn.Module:
+    """Undo ``enable``: the previous attention implementation, no hooks, no state."""
+    patch: _Patch | None = getattr(model, _PATCH_ATTRIBUTE, None)
+    if patch is None:
+        return model
+    patch.hook.remove()
+    model.set_attn_implementation(_implementation_request(model, patch.previous_implementation))
+    for module in patch.attention_modules:
+        if hasattr(module, STATE_ATTRIBUTE):
+            delattr(module, STATE_ATTRIBUTE)
+    delattr(model, _PATCH_ATTRIBUTE)
+    return model
+
+
+def is_enabled(model: torch.nn.Module) -> bool:
+    return getattr(model, _PATCH_ATTRIBUTE, None) is not None
+
+
+def runtime_state(model: torch.nn.Module) -> ZipVLState:
+    """The live ``ZipVLState`` of a patched model (config, current cache, prefill record)."""
+    patch: _Patch | None = getattr(model, _PATCH_ATTRIBUTE, None)
+    if patch is None:
+        raise ValueError("this model is not patched with ZipVL: call zipvl.enable(model) first")
+    return patch.state
+
+
+def stats(model: torch.nn.Module) -> ZipVLStats:
+    """Kept tokens, ratios and cache bytes of the most recent prefill.
+
+    Arrays are empty (``[0, 0]``) before the first prefill.
+    """
+    return runtime_state(model).record.to_stats()
+
+
+# ---- helpers ------------------------------------------------------------------------------
+
+
+def _as_config(config: ZipVLConfig | Mapping[str, Any] | None) -> ZipVLConfig:
+    if config is None:
+        return ZipVLConfig()
+    if isinstance(config, ZipVLConfig):
+        return config
+    if isinstance(config, Mapping):
+        return ZipVLConfig.from_dict(dict(config))
+    raise TypeError(f"config must be a ZipVLConfig, a mapping or None, got {type(config).__name__}")
+
+
+def _check_supported(model: torch.nn.Module) -> None:
+    model_config = getattr(model, "config", None)
+    model_type = getattr(model_config, "model_type", None)
+    supported = ", ".join(SUPPORTED_MODEL_TYPES)
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(f"ZipVL does not support model_type {model_type!r}; "
+                         f"supported model types: {supported}")
+    if model_type in _WRAPPERS_WITH_TEXT_MODEL:
+        text_type = model_config.get_text_config(decoder=True).model_type
+        if text_type not in _SUPPORTED_TEXT_MODEL_TYPES:
+            raise ValueError(f"ZipVL does not support a {model_type} model whose language model is "
+                             f"{text_type!r}; supported language models: "
+                             f"{', '.join(_SUPPORTED_TEXT_MODEL_TYPES)}")
+
+
+def _device_of(model: torch.nn.Module) -> torch.device | None:
+    parameter = next(model.parameters(), None)
+    return parameter.device if parameter is not None else None
+
+
+def _implementation_request(model: torch.nn.Module, implementation: str) -> str | dict[str, str]:
+    """A causal LM takes a plain name; an LVLM gets it for ``text_config`` only, so the
+    vision tower keeps its own implementation."""
+    if "text_config" in getattr(model.config, "sub_configs", {}):
+        return {"text_config": implementation}
+    return implementation
+
+
+def _attention_modules(decoder: torch.nn.Module, num_layers: int) -> list[torch.nn.Module]:
+    modules = [module for module in decoder.modules()
+               if hasattr(module, "layer_idx") and hasattr(module, "num_key_value_groups")]
+    if len(modules) != num_layers:
+        raise ValueError(f"expected {num_layers} attention modules in {type(decoder).__name__}, "
+                         f"found {len(modules)}")
+    return modules
+
+
+def _parameter_names(module: torch.nn.Module) -> list[str]:
+    return [name for name, parameter in inspect.signature(module.forward).parameters.items()
+            if parameter.kind in (parameter.POSITIONAL_ONLY, parameter.POSITIONAL_OR_KEYWORD)]
+
+
+def _argument(name: str, names: list[str], args: tuple, kwargs: dict) -> Any:
+    if name in kwargs:
+        return kwargs[name]
+    if name in names and names.index(name) < len(args):
+        return args[names.index(name)]
+    return None
+
+
+def _before_decoder_forward(state: ZipVLState, names: list[str], module: torch.nn.Module,
+                            args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """Start a prefill record and swap an empty non-ZipVL cache for a ``ZipVLCache``."""
+    cache = _argument("past_key_values", names, args, kwargs)
+    use_cache = _argument("use_cache", names, args, kwargs)
+    if use_cache is None:
+        use_cache = getattr(module.config, "use_cache", True)
+    tokens = _argument("inputs_embeds", names, args, kwargs)
+    if tokens is None:
+        tokens = _argument("input_ids", names, args, kwargs)
+    num_new = tokens.shape[1] if tokens is not None and tokens.ndim >= 2 else None
+
+    empty = cache is None or cache.get_seq_length() == 0
+    if empty:
+        if num_new == 0:
+            raise ValueError("ZipVL got an empty prompt (0 tokens): nothing to prefill")
+        state.begin_prefill()
+        if use_cache and not isinstance(cache, ZipVLCache):
+            cache = ZipVLCache()
+            if "past_key_values" in names and names.index("past_key_values") < len(args):
+                args = list(args)
+                args[names.index("past_key_values")] = cache
+                args = tuple(args)
+            else:
+                kwargs["past_key_values"] = cache
+    elif not isinstance(cache, ZipVLCache):
+        raise ValueError(f"ZipVL can only continue from a ZipVLCache, got a non-empty "
+                         f"{type(cache).__name__}")
+    # A foreign empty cache kept with use_cache=False only sees this prefill: no compression.
+    state.cache = cache if isinstance(cache, ZipVLCache) else None
+    return args, kwargs
