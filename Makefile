@@ -30,7 +30,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check zipvl pipeline tests benchmarks
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	# One torch thread per process: Ray workers and the test process share 2 cores, and the
+	# tiny models are overhead-bound, so more threads only oversubscribe.
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider tests
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check zipvl pipeline tests benchmarks

@@ -11,10 +11,28 @@ Token Sparsification", arXiv 2410.08584, ICCV 2025) as specified in
     zipvl.disable(model)
 """
 
-from zipvl.cache import ZipVLCache
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from zipvl.config import ZipVLConfig
-from zipvl.patch import SUPPORTED_MODEL_TYPES, disable, enable, stats
-from zipvl.stats import ZipVLStats
+
+if TYPE_CHECKING:
+    from zipvl.cache import ZipVLCache
+    from zipvl.patch import SUPPORTED_MODEL_TYPES, disable, enable, stats
+    from zipvl.stats import ZipVLStats
+
+# The integration imports transformers (seconds cold); the config alone must stay cheap,
+# since job-file validation needs only ZipVLConfig.
+_LAZY = {
+    "ZipVLCache": "zipvl.cache",
+    "SUPPORTED_MODEL_TYPES": "zipvl.patch",
+    "disable": "zipvl.patch",
+    "enable": "zipvl.patch",
+    "stats": "zipvl.patch",
+    "ZipVLStats": "zipvl.stats",
+}
 
 __all__ = [
     "SUPPORTED_MODEL_TYPES",
@@ -25,3 +43,12 @@ __all__ = [
     "enable",
     "stats",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'zipvl' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module_name), name)
+    globals()[name] = value
+    return value
