@@ -21,7 +21,7 @@ from zipvl.config import ZipVLConfig
 if TYPE_CHECKING:
     from zipvl.cache import ZipVLCache
     from zipvl.patch import SUPPORTED_MODEL_TYPES, disable, enable, stats
-    from zipvl.stats import ZipVLStats
+    from zipvl.statistics import ZipVLStats
 
 # The integration imports transformers (seconds cold); the config alone must stay cheap,
 # since job-file validation needs only ZipVLConfig.
@@ -31,7 +31,7 @@ _LAZY = {
     "disable": "zipvl.patch",
     "enable": "zipvl.patch",
     "stats": "zipvl.patch",
-    "ZipVLStats": "zipvl.stats",
+    "ZipVLStats": "zipvl.statistics",
 }
 
 __all__ = [

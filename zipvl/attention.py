@@ -38,7 +38,7 @@ from zipvl.sparse_attention import (
     dense_causal_attention,
     sparse_prefill_attention,
 )
-from zipvl.stats import PrefillRecord
+from zipvl.statistics import PrefillRecord
 
 ATTENTION_NAME = "zipvl"
 STATE_ATTRIBUTE = "_zipvl_state"

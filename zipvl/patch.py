@@ -22,7 +22,7 @@ from zipvl.attention import ATTENTION_NAME, STATE_ATTRIBUTE, ZipVLState, registe
 from zipvl.backends.flash import check_flash_backend
 from zipvl.cache import ZipVLCache
 from zipvl.config import ZipVLConfig
-from zipvl.stats import ZipVLStats
+from zipvl.statistics import ZipVLStats
 
 # model_type of the supported families: the causal LMs, then the LVLMs built on them.
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = (

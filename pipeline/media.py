@@ -1,0 +1,224 @@
+"""Decode the media cells of an input row into RGB PIL images.
+
+An image cell is one of the shapes datasets hold images in: raw encoded bytes,
+the ``{"bytes": ..., "path": ...}`` struct that Hugging Face ``datasets``
+writes (bytes win when present), or a path / URI string (local or ``s3://``,
+read through ``pipeline.storage``). A video cell is bytes or a path / URI; PyAV
+decodes it and ``num_frames`` evenly spaced frames (the centres of equal time
+segments, as LLaVA-style video evaluation samples them) become its images.
+
+Every failure is a ``MediaError`` whose message says what was wrong with the
+cell, so the pipeline can turn it into an error row instead of failing a job.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Bytes of a cell shown in messages: enough to recognise "not an image" cases.
+_PREVIEW_BYTES = 16
+
+
+class MediaError(Exception):
+    """A media cell could not be read or decoded; the message says why."""
+
+
+@dataclass(frozen=True)
+class MediaReader:
+    """Reads the file a path / URI cell names.
+
+    ``s3_filesystem`` (the job input's, resolved on the driver) is pickled into
+    the decode workers with its configuration, so they need no AWS environment
+    of their own; other locations go through ``pipeline.storage`` with
+    ``storage_options``.
+    """
+
+    storage_options: Mapping[str, Any] | None = None
+    s3_filesystem: Any = None
+
+    def __call__(self, location: str) -> bytes:
+        from pipeline.storage import is_s3, read_bytes
+
+        try:
+            if self.s3_filesystem is not None and is_s3(location):
+                bucket_and_key = location.split("://", 1)[1]
+                with self.s3_filesystem.open_input_stream(bucket_and_key) as stream:
+                    return stream.read()
+            options = dict(self.storage_options) if self.storage_options else None
+            return read_bytes(location, options)
+        except FileNotFoundError:
+            raise MediaError(f"media file not found: {location}") from None
+        except Exception as error:
+            raise MediaError(f"cannot read media file {location}: {error}") from None
+
+
+def decode_image(
+    cell: Any, *, base_dir: str | None = None, reader: MediaReader | None = None
+) -> Image.Image:
+    """The RGB image held by `cell` (bytes, ``{bytes, path}`` struct, or path / URI).
+
+    `base_dir` resolves relative paths (the input dataset's folder); EXIF
+    orientation is applied and transparency is flattened onto white.
+    """
+    data = read_cell_bytes(cell, base_dir=base_dir, reader=reader)
+    # Pillow only warns between 1x and 2x its pixel limit; treat that as an error too
+    # rather than letting one huge image stall a decode worker.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            with Image.open(io.BytesIO(data)) as opened:
+                opened.load()
+                image = ImageOps.exif_transpose(opened)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+            raise MediaError(f"image too large to decode safely: {error}") from None
+        except UnidentifiedImageError:
+            raise MediaError(
+                f"not an image in a format Pillow reads ({len(data)} bytes, "
+                f"starting {data[:_PREVIEW_BYTES]!r})"
+            ) from None
+        except Exception as error:
+            raise MediaError(
+                f"cannot decode image ({len(data)} bytes, starting {data[:_PREVIEW_BYTES]!r}): "
+                f"{type(error).__name__}: {error}"
+            ) from None
+    return to_rgb(image)
+
+
+def decode_video(
+    cell: Any,
+    num_frames: int,
+    *,
+    base_dir: str | None = None,
+    reader: MediaReader | None = None,
+) -> list[Image.Image]:
+    """`num_frames` evenly spaced RGB frames of the video in `cell` (fewer if it is shorter)."""
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    data = read_cell_bytes(cell, base_dir=base_dir, reader=reader)
+    import av  # imported here: image-only jobs never need PyAV
+
+    try:
+        with av.open(io.BytesIO(data), mode="r") as container:
+            if not container.streams.video:
+                raise MediaError("the video cell holds no video stream")
+            stream = container.streams.video[0]
+            frames = _sample_frames(container, stream, num_frames)
+    except MediaError:
+        raise
+    except Exception as error:
+        raise MediaError(
+            f"cannot decode video ({len(data)} bytes, starting {data[:_PREVIEW_BYTES]!r}): "
+            f"{type(error).__name__}: {error}"
+        ) from None
+    if not frames:
+        raise MediaError("the video has no decodable frames")
+    return frames
+
+
+def read_cell_bytes(cell: Any, *, base_dir: str | None = None, reader: MediaReader | None = None) -> bytes:
+    """The encoded bytes a media cell refers to (see the module docstring for the shapes)."""
+    if cell is None:
+        raise MediaError("the media cell is empty (null)")
+    if isinstance(cell, (bytes, bytearray, memoryview)):
+        data = bytes(cell)
+        if not data:
+            raise MediaError("the media cell holds zero bytes")
+        return data
+    if isinstance(cell, Mapping):
+        data = cell.get("bytes")
+        if data is not None and len(data) > 0:
+            return bytes(data)
+        path = cell.get("path")
+        if path:
+            return _read_path(str(path), base_dir, reader)
+        raise MediaError("the media struct has neither bytes nor a path")
+    if isinstance(cell, str):
+        if not cell.strip():
+            raise MediaError("the media cell is an empty string")
+        return _read_path(cell, base_dir, reader)
+    raise MediaError(
+        f"unsupported media cell type {type(cell).__name__}: expected bytes, "
+        "a {bytes, path} struct or a path / URI string"
+    )
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """`image` as RGB; transparent pixels are composited onto white (not black)."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def resolve_media_path(path: str, base_dir: str | None) -> str:
+    """`path` unchanged when absolute or a URI; otherwise joined onto `base_dir`."""
+    if "://" in path or os.path.isabs(path) or not base_dir:
+        return path
+    if "://" in base_dir:
+        return base_dir.rstrip("/") + "/" + path
+    return os.path.join(base_dir, path)
+
+
+def _read_path(path: str, base_dir: str | None, reader: MediaReader | None) -> bytes:
+    location = resolve_media_path(path, base_dir)
+    data = (reader or MediaReader())(location)
+    if not data:
+        raise MediaError(f"media file is empty: {location}")
+    return data
+
+
+def _sample_frames(container: Any, stream: Any, num_frames: int) -> list[Image.Image]:
+    """The frames on screen at the centres of `num_frames` equal time segments."""
+    duration = _duration_seconds(container, stream)
+    if duration is None or duration <= 0:
+        return _sample_frames_sequentially(container, stream, num_frames)
+    targets = [duration * (index + 0.5) / num_frames for index in range(num_frames)]
+    time_base = float(stream.time_base)
+    start = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
+    frames: list[Image.Image] = []
+    last_pts: int | None = None
+    for target in targets:
+        # Seek to the keyframe before the target, then decode forward: the answer is
+        # the last frame that starts at or before the target.
+        container.seek(int((start + target) / time_base), stream=stream, backward=True)
+        chosen = None
+        for frame in container.decode(stream):
+            if frame.pts is None:
+                continue
+            if chosen is not None and frame.pts * time_base - start > target + 1e-6:
+                break
+            chosen = frame
+        if chosen is None or chosen.pts == last_pts:
+            # Short videos: several targets land on the same frame; keep it once.
+            continue
+        last_pts = chosen.pts
+        frames.append(chosen.to_image().convert("RGB"))
+    return frames
+
+
+def _sample_frames_sequentially(container: Any, stream: Any, num_frames: int) -> list[Image.Image]:
+    """Fallback when the container reports no duration: decode all, then pick evenly."""
+    decoded = [frame.to_image().convert("RGB") for frame in container.decode(stream)]
+    if len(decoded) <= num_frames:
+        return decoded
+    return [decoded[int((index + 0.5) * len(decoded) / num_frames)] for index in range(num_frames)]
+
+
+def _duration_seconds(container: Any, stream: Any) -> float | None:
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        import av
+
+        return container.duration / av.time_base
+    return None

@@ -1,0 +1,242 @@
+"""Load an LVLM once, patch it with ZipVL, and generate for batches of rows.
+
+A tiny preset is a checkpoint that ``zipvl.testing.tiny_model_path`` builds
+offline and saves; it is then loaded with ``from_pretrained`` exactly like a
+hub id or a local checkpoint, so the demo exercises the same code path as a
+real model. ``trust_remote_code`` is passed only when the job asks for it.
+
+A batch is generated together (left padding, one ``generate`` call). If that
+call fails, every row is retried alone so that only the row that really fails
+becomes an error row.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from pipeline.prompts import build_model_inputs, limit_image_tokens
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_QWEN_FAMILIES = ("qwen2_vl", "qwen2_5_vl")
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to generate: weights on `device`, its processor, and how it was patched."""
+
+    model: Any
+    processor: Any
+    family: str
+    label: str
+    device: torch.device
+    zipvl_enabled: bool
+
+
+@dataclass
+class RowResult:
+    """The generation outcome of one row; exactly one of `output` / `error` is set."""
+
+    output: str | None = None
+    error: str | None = None
+    prompt_tokens: int | None = None
+    output_tokens: int | None = None
+    kept_ratio: float | None = None
+    kept_ratio_per_layer: list[float] | None = field(default=None)
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """What ``generate`` is called with (from the job's ``generation`` section)."""
+
+    max_new_tokens: int = 32
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int = 0
+
+    @classmethod
+    def from_section(cls, section: Any) -> GenerationSettings:
+        return cls(
+            max_new_tokens=section.max_new_tokens,
+            do_sample=section.do_sample,
+            temperature=section.temperature,
+            top_p=section.top_p,
+            seed=section.seed,
+        )
+
+
+def model_location(settings: Any) -> str:
+    """The directory or hub id that ``from_pretrained`` reads for these model settings."""
+    if settings.tiny is not None:
+        from zipvl.testing import tiny_model_path
+
+        return str(tiny_model_path(settings.tiny))
+    return str(settings.name_or_path)
+
+
+def load_model(settings: Any, zipvl_config: Any | None, device: str | torch.device) -> LoadedModel:
+    """Load the model described by `settings` (``JobSpec.model_settings()``) onto `device`.
+
+    `zipvl_config` (a ``zipvl.ZipVLConfig``) patches the language model; None runs dense.
+    """
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    device = torch.device(device)
+    location = model_location(settings)
+    common = _hub_kwargs(settings)
+    config = AutoConfig.from_pretrained(location, **common)
+    family = settings.family if settings.family != "auto" else config.model_type
+    dtype = _DTYPES[settings.resolved_dtype(device.type == "cuda")]
+    model = AutoModelForImageTextToText.from_pretrained(location, dtype=dtype, **common)
+    model = model.to(device).eval()
+    processor = load_processor(location, family, common)
+    limit_image_tokens(processor, family, settings.max_image_tokens)
+    if zipvl_config is not None:
+        import zipvl
+
+        model = zipvl.enable(model, zipvl_config)
+    return LoadedModel(model, processor, family, settings.label, device, zipvl_config is not None)
+
+
+def load_processor(location: str, family: str, hub_kwargs: dict[str, Any]) -> Any:
+    """The checkpoint's processor; Qwen-VL falls back to an image-only processor.
+
+    Qwen2-VL's stock processor also builds a video processor, which needs
+    torchvision; the pipeline feeds video as frames (images), so an image-only
+    processor loses nothing where torchvision is missing.
+    """
+    from transformers import AutoProcessor
+
+    try:
+        return AutoProcessor.from_pretrained(location, **hub_kwargs)
+    except Exception:
+        if family not in _QWEN_FAMILIES:
+            raise
+        from zipvl.testing.processors import (
+            Qwen2_5_VLImageOnlyProcessor,
+            Qwen2VLImageOnlyProcessor,
+        )
+
+        image_only = Qwen2VLImageOnlyProcessor if family == "qwen2_vl" else Qwen2_5_VLImageOnlyProcessor
+        return image_only.from_pretrained(location, **hub_kwargs)
+
+
+def generate_rows(
+    loaded: LoadedModel,
+    texts: Sequence[str],
+    images: Sequence[Sequence[Image.Image]],
+    generation: GenerationSettings,
+) -> list[RowResult]:
+    """Generate for a batch; on failure, retry row by row so one bad row cannot sink the batch."""
+    if not texts:
+        return []
+    try:
+        return _generate_batch(loaded, texts, images, generation)
+    except Exception as error:
+        if len(texts) == 1:
+            return [RowResult(error=_describe(error))]
+        logger.warning("batch of %d failed (%s); retrying row by row", len(texts), _describe(error))
+    results = []
+    for text, row_images in zip(texts, images):
+        _release_memory(loaded.device)
+        try:
+            results.extend(_generate_batch(loaded, [text], [row_images], generation))
+        except Exception as error:
+            results.append(RowResult(error=_describe(error)))
+    return results
+
+
+@torch.inference_mode()
+def _generate_batch(
+    loaded: LoadedModel,
+    texts: Sequence[str],
+    images: Sequence[Sequence[Image.Image]],
+    generation: GenerationSettings,
+) -> list[RowResult]:
+    inputs = build_model_inputs(loaded.processor, texts, images).to(loaded.device)
+    if "pixel_values" in inputs and inputs["pixel_values"].is_floating_point():
+        inputs["pixel_values"] = inputs["pixel_values"].to(loaded.model.dtype)
+    tokenizer = loaded.processor.tokenizer
+    kwargs: dict[str, Any] = {"max_new_tokens": generation.max_new_tokens, "do_sample": generation.do_sample}
+    if generation.do_sample:
+        kwargs.update(temperature=generation.temperature, top_p=generation.top_p)
+        torch.manual_seed(generation.seed)
+    if loaded.model.generation_config.pad_token_id is None and tokenizer.pad_token_id is not None:
+        kwargs["pad_token_id"] = tokenizer.pad_token_id
+    sequences = loaded.model.generate(**inputs, **kwargs)
+    prompt_length = inputs["input_ids"].shape[1]
+    new_tokens = sequences[:, prompt_length:].cpu()
+    prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
+    stop_ids = _stop_token_ids(loaded.model.generation_config, tokenizer)
+    kept_per_layer = _kept_ratio_per_layer(loaded, len(texts))
+    results = []
+    for row, row_tokens in enumerate(new_tokens.tolist()):
+        length = _generated_length(row_tokens, stop_ids)
+        text = tokenizer.decode(row_tokens[:length], skip_special_tokens=True).strip()
+        per_layer = None if kept_per_layer is None else kept_per_layer[:, row].tolist()
+        results.append(
+            RowResult(
+                output=text,
+                prompt_tokens=int(prompt_tokens[row]),
+                output_tokens=length,
+                kept_ratio=None if per_layer is None else float(np.mean(per_layer)),
+                kept_ratio_per_layer=per_layer,
+            )
+        )
+    return results
+
+
+def _kept_ratio_per_layer(loaded: LoadedModel, batch: int) -> np.ndarray | None:
+    """``[num_layers, batch]`` kept ratios of the last prefill, or None when dense."""
+    if not loaded.zipvl_enabled:
+        return None
+    import zipvl
+
+    kept = np.asarray(zipvl.stats(loaded.model).kept_ratio, dtype=np.float64)
+    if kept.ndim != 2 or kept.shape[1] != batch:
+        raise RuntimeError(f"zipvl.stats kept_ratio has shape {kept.shape}, expected [layers, {batch}]")
+    return kept
+
+
+def _stop_token_ids(generation_config: Any, tokenizer: Any) -> set[int]:
+    eos = generation_config.eos_token_id
+    ids = set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
+    if not ids and tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids
+
+
+def _generated_length(tokens: list[int], stop_ids: set[int]) -> int:
+    """Tokens the model generated: up to and including the first stop token (padding follows it)."""
+    for index, token in enumerate(tokens):
+        if token in stop_ids:
+            return index + 1
+    return len(tokens)
+
+
+def _hub_kwargs(settings: Any) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {}
+    if settings.trust_remote_code:
+        kwargs["trust_remote_code"] = True
+    if settings.revision:
+        kwargs["revision"] = settings.revision
+    return kwargs
+
+
+def _describe(error: BaseException) -> str:
+    message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"generation failed: {type(error).__name__}: {message}"[:500]
+
+
+def _release_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()

@@ -1,0 +1,214 @@
+"""The output dataset: its schema, an atomic shard writer, and the id scan for resume.
+
+A job's output is a folder (local or ``s3://``) of Parquet shards named
+``part-<run id>-<sequence>.parquet``. A shard is never visible half written:
+locally it is written to ``.<name>.tmp`` and renamed into place (a rename is
+atomic within a file system); on S3 it is one object, which S3 makes visible
+only once the upload completes. Readers (pyarrow, pandas, Ray, Spark) skip
+names that start with ``.`` or ``_``, so the temporary files and
+``_report.json`` never disturb them. Run ids make shard names unique, so a
+resumed run only ever adds files.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import secrets
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from pipeline.errors import JobError
+
+OUTPUT_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("output", pa.string()),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("error", pa.string()),
+        pa.field("prompt_tokens", pa.int32()),
+        pa.field("output_tokens", pa.int32()),
+        pa.field("kept_ratio", pa.float64()),
+        pa.field("model", pa.string()),
+        pa.field("method", pa.string()),
+    ]
+)
+OUTPUT_COLUMNS: tuple[str, ...] = tuple(OUTPUT_SCHEMA.names)
+SHARD_PREFIX = "part-"
+SHARD_SUFFIX = ".parquet"
+METADATA_PREFIX = "zipvl_batch."
+
+
+def filesystem_for(
+    uri: str, storage_options: Mapping[str, Any] | None = None
+) -> tuple[pafs.FileSystem, str]:
+    """The pyarrow file system holding `uri` and the path inside it (see ``pipeline.storage``)."""
+    from pipeline.storage import resolve_filesystem
+
+    return resolve_filesystem(uri, dict(storage_options) if storage_options else None)
+
+
+def new_run_id() -> str:
+    """A run id that sorts by start time and does not collide between runs."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
+
+
+def is_shard_name(name: str) -> bool:
+    """Whether a file name in the output folder is a finished shard (not a temp file)."""
+    return name.endswith(SHARD_SUFFIX) and not name.startswith((".", "_"))
+
+
+def list_shards(filesystem: pafs.FileSystem, directory: str) -> list[str]:
+    """Paths of the finished shards in `directory` (empty when it does not exist)."""
+    selector = pafs.FileSelector(directory, allow_not_found=True, recursive=False)
+    infos = filesystem.get_file_info(selector)
+    return sorted(
+        info.path
+        for info in infos
+        if info.type == pafs.FileType.File and is_shard_name(posixpath.basename(info.path))
+    )
+
+
+def existing_ids(filesystem: pafs.FileSystem, directory: str) -> pa.Array:
+    """The ids (as strings) already present in the output's shards: the work resume skips."""
+    chunks: list[pa.Array] = []
+    for path in list_shards(filesystem, directory):
+        try:
+            table = pq.read_table(path, columns=["id"], filesystem=filesystem)
+        except Exception as error:
+            raise JobError(
+                f"cannot read the id column of existing output shard {path}: {error}. "
+                "Move it away or choose another output.path."
+            ) from error
+        chunks.extend(table.column("id").cast(pa.string()).chunks)
+    if not chunks:
+        return pa.array([], type=pa.string())
+    return pa.concat_arrays(chunks)
+
+
+def remove_stale_temp_files(filesystem: pafs.FileSystem, directory: str) -> int:
+    """Delete temp shards left by a crashed run (``.part-*.tmp``); returns how many.
+
+    Only one run may write to an output folder at a time, so any temp file found
+    before a run starts belongs to a run that died.
+    """
+    selector = pafs.FileSelector(directory, allow_not_found=True, recursive=False)
+    removed = 0
+    for info in filesystem.get_file_info(selector):
+        name = posixpath.basename(info.path)
+        if info.type == pafs.FileType.File and name.startswith("." + SHARD_PREFIX) and name.endswith(".tmp"):
+            filesystem.delete_file(info.path)
+            removed += 1
+    return removed
+
+
+def write_bytes_atomically(filesystem: pafs.FileSystem, path: str, data: bytes) -> None:
+    """Write `data` to `path` so that readers see either nothing or all of it."""
+    directory, name = posixpath.split(path)
+    if _is_local(filesystem):
+        filesystem.create_dir(directory, recursive=True)
+        temp_path = posixpath.join(directory, f".{name}.tmp")
+        with filesystem.open_output_stream(temp_path) as stream:
+            stream.write(data)
+        filesystem.move(temp_path, path)
+    else:
+        # Object stores publish an object only when its upload completes.
+        with filesystem.open_output_stream(path) as stream:
+            stream.write(data)
+
+
+def schema_metadata(settings: Mapping[str, Any]) -> dict[bytes, bytes]:
+    """Parquet schema metadata from job settings: ``zipvl_batch.<key>`` -> JSON."""
+    return {
+        (METADATA_PREFIX + key).encode(): json.dumps(value, sort_keys=True, default=str).encode()
+        for key, value in settings.items()
+    }
+
+
+class ShardWriter:
+    """Buffers output rows and writes them as ``rows_per_file``-row shards, atomically.
+
+    ``write`` takes any table holding the output columns (extra columns are
+    dropped); full shards are written as soon as they fill, ``flush`` writes
+    the rest. ``shards`` lists what was written, in order.
+    """
+
+    def __init__(
+        self,
+        filesystem: pafs.FileSystem,
+        directory: str,
+        run_id: str,
+        rows_per_file: int,
+        metadata: Mapping[bytes, bytes] | None = None,
+    ) -> None:
+        if rows_per_file < 1:
+            raise ValueError(f"rows_per_file must be >= 1, got {rows_per_file}")
+        self.filesystem = filesystem
+        self.directory = directory
+        self.run_id = run_id
+        self.rows_per_file = rows_per_file
+        self.schema = OUTPUT_SCHEMA.with_metadata(dict(metadata or {}))
+        self.shards: list[str] = []
+        self.rows_written = 0
+        self._pending: list[pa.Table] = []
+        self._pending_rows = 0
+        filesystem.create_dir(directory, recursive=True)
+
+    @property
+    def pending_rows(self) -> int:
+        return self._pending_rows
+
+    def write(self, table: pa.Table) -> list[str]:
+        """Buffer `table`'s rows; returns the paths of shards written by this call."""
+        if table.num_rows == 0:
+            return []
+        self._pending.append(self._conform(table))
+        self._pending_rows += table.num_rows
+        written = []
+        while self._pending_rows >= self.rows_per_file:
+            buffered = pa.concat_tables(self._pending)
+            rest = buffered.slice(self.rows_per_file)
+            # Take the rows out of the buffer before writing: if an interrupt lands
+            # mid-write, a later flush must not write them a second time (a rerun
+            # redoes lost rows; duplicated ones could not be undone).
+            self._pending = [rest] if rest.num_rows else []
+            self._pending_rows = rest.num_rows
+            written.append(self._write_shard(buffered.slice(0, self.rows_per_file)))
+        return written
+
+    def flush(self) -> str | None:
+        """Write the buffered rows as a (possibly short) shard; returns its path if any."""
+        if not self._pending_rows:
+            return None
+        buffered = pa.concat_tables(self._pending)
+        self._pending, self._pending_rows = [], 0
+        return self._write_shard(buffered)
+
+    def _conform(self, table: pa.Table) -> pa.Table:
+        missing = [name for name in OUTPUT_COLUMNS if name not in table.column_names]
+        if missing:
+            raise ValueError(f"output rows lack column(s) {missing}")
+        columns = [table.column(field.name).cast(field.type) for field in OUTPUT_SCHEMA]
+        return pa.Table.from_arrays(columns, schema=self.schema)
+
+    def _write_shard(self, table: pa.Table) -> str:
+        name = f"{SHARD_PREFIX}{self.run_id}-{len(self.shards):05d}{SHARD_SUFFIX}"
+        path = posixpath.join(self.directory, name)
+        # Serialise in memory first: a failure while encoding never reaches storage.
+        buffer = pa.BufferOutputStream()
+        pq.write_table(table.combine_chunks(), buffer, compression="zstd")
+        write_bytes_atomically(self.filesystem, path, buffer.getvalue().to_pybytes())
+        self.shards.append(path)
+        self.rows_written += table.num_rows
+        return path
+
+
+def _is_local(filesystem: pafs.FileSystem) -> bool:
+    if isinstance(filesystem, pafs.SubTreeFileSystem):
+        return _is_local(filesystem.base_fs)
+    return isinstance(filesystem, pafs.LocalFileSystem)

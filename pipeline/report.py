@@ -1,0 +1,140 @@
+"""``_report.json``: what a run did, written atomically into the output folder.
+
+The report holds the job as run (credentials redacted), library versions,
+row counts (ok / error / skipped because a previous run already wrote them),
+throughput, wall time, the per-layer mean kept ratio, and which workers
+(node, actor, device) generated how many rows. It is named with a leading
+underscore so that Parquet readers of the output folder skip it, as they skip
+``_SUCCESS`` files.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import platform
+import posixpath
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow.fs as pafs
+
+from pipeline.output import write_bytes_atomically
+
+REPORT_NAME = "_report.json"
+_VERSIONED_PACKAGES = ("zipvl-batch", "torch", "transformers", "ray", "pyarrow", "pillow", "av")
+_MAX_ERROR_SAMPLES = 20
+
+
+def report_path(output_directory: str) -> str:
+    """Where the report of an output folder lives (a path inside the output file system)."""
+    return posixpath.join(output_directory, REPORT_NAME)
+
+
+def versions() -> dict[str, str | None]:
+    """Python and the versions of the libraries that decide a run's results."""
+    found: dict[str, str | None] = {"python": platform.python_version()}
+    for package in _VERSIONED_PACKAGES:
+        try:
+            found[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            found[package] = None
+    return found
+
+
+@dataclass
+class RunTally:
+    """Everything the driver counts while rows stream in, for the report."""
+
+    ok: int = 0
+    error: int = 0
+    prompt_tokens: int = 0
+    output_tokens: int = 0
+    kept_ratio_layer_sums: np.ndarray | None = None
+    kept_ratio_rows: int = 0
+    rows_by_node: Counter = field(default_factory=Counter)
+    rows_by_actor: Counter = field(default_factory=Counter)
+    devices: dict[str, str] = field(default_factory=dict)
+    error_samples: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def rows(self) -> int:
+        return self.ok + self.error
+
+    def add_kept_ratios(self, layer_sums: np.ndarray | None, rows: int) -> None:
+        if layer_sums is None or rows == 0:
+            return
+        if self.kept_ratio_layer_sums is None:
+            self.kept_ratio_layer_sums = np.zeros_like(layer_sums)
+        self.kept_ratio_layer_sums = self.kept_ratio_layer_sums + layer_sums
+        self.kept_ratio_rows += rows
+
+    def add_error_sample(self, row_id: str, message: str) -> None:
+        if len(self.error_samples) < _MAX_ERROR_SAMPLES:
+            self.error_samples.append({"id": row_id, "error": message})
+
+    def per_layer_kept_ratio(self) -> list[float] | None:
+        if self.kept_ratio_layer_sums is None or not self.kept_ratio_rows:
+            return None
+        return (self.kept_ratio_layer_sums / self.kept_ratio_rows).tolist()
+
+
+def build_report(
+    *,
+    job: dict[str, Any],
+    job_file: str | None,
+    run_id: str,
+    output_uri: str,
+    shards: list[str],
+    tally: RunTally,
+    input_rows: int,
+    skipped_by_resume: int,
+    wall_time_seconds: float,
+    started_at: str,
+    finished_at: str,
+) -> dict[str, Any]:
+    """The report as a JSON-ready mapping."""
+    per_layer = tally.per_layer_kept_ratio()
+    seconds = max(wall_time_seconds, 1e-9)
+    return {
+        "run_id": run_id,
+        "job_file": job_file,
+        "job": job,
+        "versions": versions(),
+        "started_at": started_at,
+        "finished_at": finished_at,
+        "wall_time_seconds": wall_time_seconds,
+        "counts": {
+            "input_rows": input_rows,
+            "skipped_by_resume": skipped_by_resume,
+            "processed": tally.rows,
+            "ok": tally.ok,
+            "error": tally.error,
+        },
+        "throughput": {
+            "rows_per_second": tally.rows / seconds,
+            "output_tokens_per_second": tally.output_tokens / seconds,
+            "prompt_tokens": tally.prompt_tokens,
+            "output_tokens": tally.output_tokens,
+        },
+        "kept_ratio": None
+        if per_layer is None
+        else {"mean": float(np.mean(per_layer)), "per_layer": per_layer, "rows": tally.kept_ratio_rows},
+        "output": {"path": output_uri, "report": REPORT_NAME, "shards_written": shards},
+        "workers": {
+            "rows_by_node": dict(tally.rows_by_node),
+            "rows_by_actor": dict(tally.rows_by_actor),
+            "device_by_actor": dict(tally.devices),
+        },
+        "error_samples": tally.error_samples,
+    }
+
+
+def write_report(filesystem: pafs.FileSystem, output_directory: str, report: dict[str, Any]) -> str:
+    """Write `report` atomically into the output folder; returns its path."""
+    path = report_path(output_directory)
+    data = json.dumps(report, indent=2, sort_keys=False, default=str).encode()
+    write_bytes_atomically(filesystem, path, data)
+    return path

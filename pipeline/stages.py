@@ -1,0 +1,198 @@
+"""The two Ray Data stages: ``DecodeStage`` (CPU tasks) and ``GenerateStage`` (actor pool).
+
+``DecodeStage`` reads the media cell of each row and hands the generate stage
+decoded, RGB-normalised frames as raw pixel bytes (width and height beside
+them), so the accelerator workers never spend time on JPEG/PNG or video
+decoding and Ray Data's streaming executor overlaps decoding with generation.
+A cell that cannot be decoded becomes an error row here, with the reason.
+
+``GenerateStage`` loads the model once per actor, enables ZipVL as the job
+asks, and generates each batch together. Rows that arrive in error pass
+through untouched. Besides the output columns it emits private columns
+(names starting with ``_``: the worker's node, actor and device, and the
+per-layer kept ratios) that the driver aggregates into ``report.json`` and
+drops before writing.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from PIL import Image
+
+from pipeline.media import MediaError, MediaReader, decode_image, decode_video
+from pipeline.output import OUTPUT_COLUMNS, OUTPUT_SCHEMA
+
+STATUS_OK = "ok"
+STATUS_ERROR = "error"
+
+DECODED_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string()),
+        pa.field("frames", pa.list_(pa.large_binary())),
+        pa.field("frame_width", pa.int32()),
+        pa.field("frame_height", pa.int32()),
+        pa.field("question", pa.string()),
+        pa.field("status", pa.string()),
+        pa.field("error", pa.string()),
+    ]
+)
+WORKER_COLUMNS = ("_node_id", "_actor_id", "_device")
+KEPT_PER_LAYER_COLUMN = "_kept_ratio_per_layer"
+GENERATED_SCHEMA = pa.schema(
+    list(OUTPUT_SCHEMA)
+    + [pa.field(name, pa.string()) for name in WORKER_COLUMNS]
+    + [pa.field(KEPT_PER_LAYER_COLUMN, pa.list_(pa.float64()))]
+)
+
+
+def pack_frames(frames: list[Image.Image]) -> tuple[list[bytes], int, int]:
+    """RGB frames of one size as raw bytes, with their width and height."""
+    width, height = frames[0].size
+    return [frame.convert("RGB").tobytes() for frame in frames], width, height
+
+
+def unpack_frames(frames: list[bytes], width: int, height: int) -> list[Image.Image]:
+    """Inverse of ``pack_frames``."""
+    return [Image.frombytes("RGB", (width, height), bytes(frame)) for frame in frames]
+
+
+@dataclass(frozen=True)
+class DecodeStage:
+    """Per batch: input columns (as the job maps them) -> ``DECODED_SCHEMA`` rows.
+
+    Used as a plain function by Ray Data (an instance, not a class), so it
+    runs as stateless CPU tasks that scale with ``resources.decode_workers``.
+    """
+
+    id_column: str
+    image_column: str | None = None
+    video_column: str | None = None
+    question_column: str | None = None
+    video_frames: int = 8
+    base_dir: str | None = None
+    reader: MediaReader | None = None
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        ids = [None if value is None else str(value) for value in batch.column(self.id_column).to_pylist()]
+        images = self._column(batch, self.image_column)
+        videos = self._column(batch, self.video_column)
+        questions = self._column(batch, self.question_column)
+        columns: dict[str, list] = {name: [] for name in DECODED_SCHEMA.names}
+        for index, row_id in enumerate(ids):
+            frames, width, height, error = [], None, None, None
+            try:
+                if row_id is None:
+                    raise MediaError("the id cell is empty (null)")
+                frames, width, height = pack_frames(self._decode(images[index], videos[index]))
+            except MediaError as problem:
+                frames, error = [], str(problem)
+            question = questions[index]
+            columns["id"].append(row_id if row_id is not None else f"<null id at batch row {index}>")
+            columns["frames"].append(frames)
+            columns["frame_width"].append(width)
+            columns["frame_height"].append(height)
+            columns["question"].append(None if question is None else str(question))
+            columns["status"].append(STATUS_ERROR if error else STATUS_OK)
+            columns["error"].append(error)
+        return pa.Table.from_pydict(columns, schema=DECODED_SCHEMA)
+
+    def _decode(self, image_cell: Any, video_cell: Any) -> list[Image.Image]:
+        if video_cell is not None:
+            return decode_video(video_cell, self.video_frames, base_dir=self.base_dir, reader=self.reader)
+        if self.image_column is None:
+            raise MediaError(f"the video cell (column {self.video_column!r}) is empty (null)")
+        return [decode_image(image_cell, base_dir=self.base_dir, reader=self.reader)]
+
+    @staticmethod
+    def _column(batch: pa.Table, name: str | None) -> list[Any]:
+        if name is None:
+            return [None] * batch.num_rows
+        return batch.column(name).to_pylist()
+
+
+class GenerateStage:
+    """Actor for ``map_batches``: ``DECODED_SCHEMA`` rows -> ``GENERATED_SCHEMA`` rows.
+
+    `spec` is the ``pipeline.spec.JobSpec`` being run.
+    """
+
+    def __init__(self, spec: Any) -> None:
+        import ray
+        import torch
+        from transformers.utils import logging as transformers_logging
+
+        from pipeline.model_runner import GenerationSettings, load_model
+
+        transformers_logging.disable_progress_bar()
+        self.spec = spec
+        use_cuda = torch.cuda.is_available() and bool(ray.get_gpu_ids())
+        device = "cuda" if use_cuda else "cpu"
+        if not use_cuda and spec.resources.cpus_per_worker >= 1:
+            torch.set_num_threads(int(spec.resources.cpus_per_worker))
+        self.loaded = load_model(spec.model_settings(), spec.zipvl_config(), device)
+        self.generation = GenerationSettings.from_section(spec.generation)
+        self.model_label = spec.model_settings().label
+        self.method_label = spec.method_label()
+        context = ray.get_runtime_context()
+        self.worker = {
+            "_node_id": context.get_node_id(),
+            "_actor_id": context.get_actor_id() or f"pid-{os.getpid()}",
+            "_device": device if device == "cpu" else f"cuda:{torch.cuda.get_device_name()}",
+        }
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        from pipeline.model_runner import RowResult, generate_rows
+        from pipeline.prompts import PromptError, prompt_text
+
+        rows = batch.to_pylist()
+        results: list[RowResult | None] = [None] * len(rows)
+        pending: list[tuple[int, str, list[Image.Image]]] = []
+        for index, row in enumerate(rows):
+            if row["status"] != STATUS_OK:
+                results[index] = RowResult(error=row["error"] or "decode failed")
+                continue
+            try:
+                text = prompt_text(self.spec.task, row["question"])
+            except PromptError as error:
+                results[index] = RowResult(error=str(error))
+                continue
+            frames = unpack_frames(row["frames"], row["frame_width"], row["frame_height"])
+            pending.append((index, text, frames))
+        generated = generate_rows(
+            self.loaded, [text for _, text, _ in pending], [frames for _, _, frames in pending], self.generation
+        )
+        for (index, _, _), result in zip(pending, generated):
+            results[index] = result
+        return self._table([row["id"] for row in rows], results)
+
+    def _table(self, ids: list[str], results: list[Any]) -> pa.Table:
+        count = len(ids)
+        columns: dict[str, list] = {
+            "id": ids,
+            "output": [r.output if r.error is None else None for r in results],
+            "status": [STATUS_OK if r.error is None else STATUS_ERROR for r in results],
+            "error": [r.error for r in results],
+            "prompt_tokens": [r.prompt_tokens for r in results],
+            "output_tokens": [r.output_tokens for r in results],
+            "kept_ratio": [r.kept_ratio for r in results],
+            "model": [self.model_label] * count,
+            "method": [self.method_label] * count,
+        }
+        for name, value in self.worker.items():
+            columns[name] = [value] * count
+        columns[KEPT_PER_LAYER_COLUMN] = [r.kept_ratio_per_layer for r in results]
+        assert tuple(columns)[: len(OUTPUT_COLUMNS)] == OUTPUT_COLUMNS
+        return pa.Table.from_pydict(columns, schema=GENERATED_SCHEMA)
+
+
+def kept_ratio_sums(table: pa.Table) -> tuple[np.ndarray | None, int]:
+    """Per-layer sums of the kept ratios in `table` and how many rows had them."""
+    values = [row for row in table.column(KEPT_PER_LAYER_COLUMN).to_pylist() if row]
+    if not values:
+        return None, 0
+    return np.asarray(values, dtype=np.float64).sum(axis=0), len(values)

@@ -1,0 +1,194 @@
+"""Media decoding: every image cell shape, real videos encoded with PyAV, broken cells.
+
+References are independent of ``pipeline.media``: pixels come from the PIL
+image that was encoded, and a video's frames are identified by the grey level
+each frame was drawn with.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import av
+import numpy as np
+import pyarrow as pa
+import pytest
+from PIL import Image
+
+from pipeline.media import MediaError, MediaReader, decode_image, decode_video, read_cell_bytes
+from pipeline.stages import DecodeStage, unpack_frames
+
+
+def picture(seed: int, size: tuple[int, int] = (40, 24)) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8), "RGB")
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+GREY_STEP = 10
+
+
+def encode_video(num_frames: int, fps: int = 8, size: tuple[int, int] = (32, 24)) -> bytes:
+    """An H.264 mp4 whose frame ``i`` is a flat grey of level ``GREY_STEP * i``."""
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height = size
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": "0", "g": "4"}  # lossless-ish, keyframe every 4 frames: seeking matters
+        for index in range(num_frames):
+            pixels = np.full((size[1], size[0], 3), GREY_STEP * index, dtype=np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return buffer.getvalue()
+
+
+def frame_index(frame: Image.Image) -> int:
+    return int(round(float(np.asarray(frame, dtype=np.float64).mean()) / GREY_STEP))
+
+
+# ------------------------------------------------------------------ images
+
+
+def test_image_from_bytes_struct_and_paths_gives_the_encoded_pixels(tmp_path: Path):
+    original = picture(1)
+    data = png_bytes(original)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "a.png").write_bytes(data)
+    cells = {
+        "bytes": data,
+        "struct with bytes": {"bytes": data, "path": "ignored-when-bytes-exist.png"},
+        "struct with relative path": {"bytes": None, "path": "images/a.png"},
+        "relative path string": "images/a.png",
+        "absolute path string": str(tmp_path / "images" / "a.png"),
+    }
+    for shape, cell in cells.items():
+        decoded = decode_image(cell, base_dir=str(tmp_path))
+        assert decoded.mode == "RGB", shape
+        assert np.array_equal(np.asarray(decoded), np.asarray(original)), shape
+
+
+def test_transparency_is_flattened_onto_white():
+    rgba = np.zeros((8, 8, 4), dtype=np.uint8)
+    rgba[:4] = (200, 10, 10, 255)  # opaque red top half, fully transparent bottom half
+    decoded = np.asarray(decode_image(png_bytes(Image.fromarray(rgba, "RGBA"))))
+    assert (decoded[:4] == (200, 10, 10)).all()
+    assert (decoded[4:] == 255).all()
+
+
+def test_exif_orientation_is_applied():
+    image = picture(2, size=(40, 24))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 clockwise to display"
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", exif=exif)
+    assert decode_image(buffer.getvalue()).size == (24, 40)
+
+
+@pytest.mark.parametrize(
+    ("cell", "message"),
+    [
+        (None, "empty (null)"),
+        (b"", "zero bytes"),
+        (b"plain text, not an image", "not an image"),
+        (png_bytes(picture(3))[:60], "truncated"),
+        ({"bytes": None, "path": None}, "neither bytes nor a path"),
+        ("does/not/exist.png", "not found"),
+        (12345, "unsupported media cell type int"),
+    ],
+)
+def test_broken_image_cells_raise_media_error_saying_why(cell, message, tmp_path: Path):
+    with pytest.raises(MediaError) as caught:
+        decode_image(cell, base_dir=str(tmp_path))
+    assert message in str(caught.value)
+
+
+def test_decompression_bombs_are_refused(monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    with pytest.raises(MediaError, match="too large"):
+        decode_image(png_bytes(picture(4, size=(16, 8))))  # 128 px: between 1x and 2x the limit
+
+
+def test_a_reader_serves_path_cells(tmp_path: Path):
+    calls = []
+
+    class Recording(MediaReader):
+        def __call__(self, location: str) -> bytes:
+            calls.append(location)
+            return super().__call__(location)
+
+    (tmp_path / "x.png").write_bytes(png_bytes(picture(5)))
+    read_cell_bytes("x.png", base_dir=str(tmp_path), reader=Recording())
+    assert calls == [str(tmp_path / "x.png")]
+
+
+# ------------------------------------------------------------------ videos
+
+
+@pytest.mark.parametrize(("num_frames", "wanted"), [(24, 6), (10, 4), (17, 8)])
+def test_video_frames_are_the_ones_on_screen_at_segment_centres(num_frames: int, wanted: int):
+    frames = decode_video(encode_video(num_frames), wanted)
+    # Frame i is on screen during [i, i + 1) frame periods.
+    expected = [int((k + 0.5) * num_frames / wanted) for k in range(wanted)]
+    assert all(frame.mode == "RGB" and frame.size == (32, 24) for frame in frames)
+    assert [frame_index(frame) for frame in frames] == expected
+
+
+def test_short_video_gives_each_frame_once():
+    frames = decode_video(encode_video(3), 8)
+    assert [frame_index(frame) for frame in frames] == [0, 1, 2]
+
+
+def test_video_from_a_path_cell(tmp_path: Path):
+    (tmp_path / "clip.mp4").write_bytes(encode_video(8))
+    frames = decode_video({"bytes": None, "path": "clip.mp4"}, 4, base_dir=str(tmp_path))
+    assert len(frames) == 4
+
+
+@pytest.mark.parametrize(("cell", "message"), [(b"\x00" * 64, "cannot decode video"), (None, "empty (null)")])
+def test_broken_videos_raise_media_error(cell, message):
+    with pytest.raises(MediaError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        decode_video(cell, 4)
+
+
+def test_truncated_video_is_an_error_not_a_crash():
+    data = encode_video(16)
+    with pytest.raises(MediaError):
+        decode_video(data[: len(data) // 4], 4)
+
+
+# ------------------------------------------------------------------ the decode stage
+
+
+def test_decode_stage_keeps_every_row_and_turns_broken_cells_into_error_rows():
+    good = picture(6)
+    video = encode_video(12)
+    batch = pa.table(
+        {
+            "key": [10, 11, 12, 13],
+            "img": [png_bytes(good), b"broken", None, None],
+            "clip": [None, None, video, None],
+            "q": ["a?", "b?", "c?", "d?"],
+        }
+    )
+    stage = DecodeStage(id_column="key", image_column="img", video_column="clip",
+                        question_column="q", video_frames=3)
+    decoded = stage(batch)
+    assert decoded.column("id").to_pylist() == ["10", "11", "12", "13"]
+    assert decoded.column("status").to_pylist() == ["ok", "error", "ok", "error"]
+    assert decoded.column("question").to_pylist() == ["a?", "b?", "c?", "d?"]
+    errors = decoded.column("error").to_pylist()
+    assert errors[0] is None and "not an image" in errors[1] and "empty (null)" in errors[3]
+    rows = decoded.to_pylist()
+    (image,) = unpack_frames(rows[0]["frames"], rows[0]["frame_width"], rows[0]["frame_height"])
+    assert np.array_equal(np.asarray(image), np.asarray(good))
+    frames = unpack_frames(rows[2]["frames"], rows[2]["frame_width"], rows[2]["frame_height"])
+    assert len(frames) == 3 and rows[1]["frames"] == []
