@@ -24,6 +24,7 @@ import difflib
 import json
 import os
 import re
+import typing
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
@@ -336,7 +337,7 @@ def _check_gpus(value: Any) -> str | float:
     if value == "auto":
         return value
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
-        return value
+        return float(value)
     raise _field_error("", f"must be 'auto' or a number >= 0, got {value!r}")
 
 
@@ -603,6 +604,33 @@ def _check_override_path(keys: list[str]) -> None:
         raise ValueError(f"{path} is a value, not a section")
 
 
+def _is_text_field(keys: list[str]) -> bool:
+    """Whether ``keys`` names a plain text field (a prompt, a path, a name).
+
+    Such values are kept as written: a VQA template like ``{question} Answer briefly.``
+    is text, not a YAML flow mapping.
+    """
+    cls: type[BaseModel] = JobSpec
+    for key in keys[:-1]:
+        annotation = cls.model_fields[key].annotation if key in cls.model_fields else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return False
+        cls = annotation
+    field_info = cls.model_fields.get(keys[-1])
+    if field_info is None:
+        return False
+    annotation = field_info.annotation
+    return annotation is str or set(typing.get_args(annotation)) == {str, type(None)}
+
+
+def _parse_text_override(text: str) -> str | None:
+    stripped = text.strip()
+    if stripped.lower() in ("null", "~"):
+        return None
+    quoted = len(stripped) >= 2 and stripped[0] == stripped[-1] and stripped[0] in "'\""
+    return stripped[1:-1] if quoted else text
+
+
 def _expand_zipvl(current: Any) -> dict[str, Any]:
     """Turn a ``zipvl:`` preset name into its mapping so one field can be overridden."""
     if current is None:
@@ -633,7 +661,8 @@ def apply_override(values: dict[str, Any], override: str) -> None:
                         f"e.g. --set resources.workers=2")
     try:
         _check_override_path(keys)
-        value = parse_override_value(text)
+        value = (_parse_text_override(text) if _is_text_field(keys)
+                 else parse_override_value(text))
         node = values
         for depth, part in enumerate(keys[:-1]):
             child = node.get(part)

@@ -455,6 +455,24 @@ def test_set_keeps_prompt_text_verbatim():
     assert spec.task.prompt == text
 
 
+def test_set_keeps_a_template_that_looks_like_yaml_as_text():
+    vqa = CAPTIONS.parent / "vqa.yaml"
+    for text in ("{question} Answer in one word.", "{question}", "[{question}]"):
+        spec = load_job(vqa, [f"task.prompt={text}"])
+        assert spec.task.prompt == text
+    assert load_job(CAPTIONS, ["task.prompt=42"]).task.prompt == "42"
+
+
+def test_set_gpus_per_worker_number_dumps_without_warnings():
+    import warnings
+
+    spec = load_job(CAPTIONS, ["resources.gpus_per_worker=0"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dumped = spec.report_dict()
+    assert dumped["resources"]["gpus_per_worker"] == 0
+
+
 def test_set_later_override_wins():
     assert load_job(CAPTIONS, ["resources.workers=2", "resources.workers=3"]).resources.workers == 3
 
