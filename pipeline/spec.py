@@ -12,7 +12,7 @@ overrides to the raw mapping, then validates. Every problem becomes a
 during validation, so a spec that loaded has a usable model reference and ZipVL
 config: ``spec.model_settings()`` and ``spec.zipvl_config()``.
 
-``spec.model_dump()`` is the job as run, for ``report.json``: credentials in
+``spec.model_dump()`` is the job as run, for ``_report.json``: credentials in
 ``storage_options`` (``access_key``, ``secret_key``, ``session_token``) are redacted there and hidden
 from ``repr``; the live values stay on the attributes for the storage layer.
 """

@@ -10,7 +10,7 @@ A cell that cannot be decoded becomes an error row here, with the reason.
 asks, and generates each batch together. Rows that arrive in error pass
 through untouched. Besides the output columns it emits private columns
 (names starting with ``_``: the worker's node, actor and device, and the
-per-layer kept ratios) that the driver aggregates into ``report.json`` and
+per-layer kept ratios) that the driver aggregates into ``_report.json`` and
 drops before writing.
 """
 
