@@ -28,10 +28,10 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/zipvl-batch run jobs/captions.yaml
 
+# One torch thread per process in tests: Ray workers and the test process share the
+# cores, and the tiny models are overhead-bound, so more threads only oversubscribe.
 test: $(STAMP)
 	$(VENV)/bin/ruff check zipvl pipeline tests benchmarks
-	# One torch thread per process: Ray workers and the test process share 2 cores, and the
-	# tiny models are overhead-bound, so more threads only oversubscribe.
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider tests
 
 lint: $(STAMP)
