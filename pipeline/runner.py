@@ -216,7 +216,10 @@ def ensure_ray(spec: Any) -> bool:
     if address:
         ray.init(address=address, **common)
     else:
-        ray.init(num_cpus=spec.ray.num_cpus, resources=dict(spec.ray.resources) or None, **common)
+        # "local" always starts a private Ray: a bare ray.init() would join whichever
+        # Ray was last started on this machine (someone else's job, say).
+        ray.init(address="local", num_cpus=spec.ray.num_cpus,
+                 resources=dict(spec.ray.resources) or None, **common)
     return True
 
 
@@ -246,7 +249,17 @@ def worker_resources(spec: Any) -> WorkerResources:
             raise JobError(f"resources.accelerator_resource: the Ray cluster has no {accelerator!r} "
                            f"resource (it has: {', '.join(sorted(cluster))})")
         resources[accelerator] = 1.0
-    return WorkerResources(gpus, float(spec.resources.cpus_per_worker), resources)
+    cpus_per_worker = float(spec.resources.cpus_per_worker)
+    spare_cpus = cluster.get("CPU", 0) - spec.resources.workers * cpus_per_worker
+    if spare_cpus < 1:
+        # Reading and decoding run as 1-CPU tasks: with no CPU left over they never get
+        # scheduled and the job would wait forever.
+        raise JobError(
+            f"resources: {spec.resources.workers} worker(s) x cpus_per_worker "
+            f"{cpus_per_worker:g} leave {max(spare_cpus, 0):g} of the cluster's "
+            f"{cluster.get('CPU', 0):g} CPU(s) for reading and decoding (at least 1 is "
+            "needed); lower resources.cpus_per_worker (e.g. 0.5) or resources.workers")
+    return WorkerResources(gpus, cpus_per_worker, resources)
 
 
 # ------------------------------------------------------------------ the run
@@ -325,6 +338,9 @@ class JobPlan:
         return self.input_rows - self.skipped
 
 
+FOOTER_ACTORS_ENV = "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS"
+
+
 def plan_job(spec: Any, done_ids: pa.Array) -> JobPlan:
     """Build the (lazy) Ray Data plan of `spec`, leaving out the ids in `done_ids`."""
     import ray
@@ -333,6 +349,10 @@ def plan_job(spec: Any, done_ids: pa.Array) -> JobPlan:
     columns = spec.input.columns
     input_fs, files = input_files(spec)
     resources = worker_resources(spec)
+    # Ray Data 2.60 starts a pool of footer-reading actors per read (32 by default): for a
+    # few files that is tens of seconds of process start-up before the first row, which
+    # the benchmark measured; one actor per 64 files is plenty (the user's value wins).
+    os.environ.setdefault(FOOTER_ACTORS_ENV, str(min(32, 1 + len(files) // 64)))
     selected = list(dict.fromkeys(n for n in (columns.id, columns.image, columns.video, columns.prompt) if n))
     if spec.input.limit is not None:
         files, chosen = first_ids(input_fs, files, columns.id, spec.input.limit)

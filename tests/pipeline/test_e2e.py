@@ -341,6 +341,19 @@ def test_existing_output_without_resume_is_refused(sample_caption_run: JobRun):
         run_job(spec)
 
 
+def test_workers_taking_every_cpu_fail_up_front_instead_of_hanging(ray_cluster, tmp_path: Path):
+    """Reading and decoding need a CPU of their own; without one the job would wait forever."""
+    import ray
+
+    total_cpus = ray.cluster_resources()["CPU"]
+    spec = load_job(CAPTIONS_JOB, [f"output.path={tmp_path / 'out'}",
+                                   f"resources.workers={int(total_cpus)}",
+                                   "resources.cpus_per_worker=1"])
+    with pytest.raises(JobError, match=r"^resources: .*cpus_per_worker"):
+        run_job(spec)
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").glob("part-*"))
+
+
 def test_decoding_stays_a_separate_stage_from_generation(ray_cluster, tmp_path: Path, capsys):
     """Same resources for both stages (a CPU-only job) must not fuse decoding into the actors."""
     import pyarrow as pa
