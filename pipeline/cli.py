@@ -130,11 +130,16 @@ def _runner_problems(spec: JobSpec, verbose: bool) -> list[str]:
     except JobError as error:
         return [str(error)]
     except Exception as error:
-        if verbose:
-            _echo_error(traceback.format_exc())
-        hint = "" if verbose else " (rerun with --verbose for the traceback)"
-        _echo_error(f"could not check job {spec.name!r}: {type(error).__name__}: {error}{hint}")
-        _exit(EXIT_FAILED)
+        _fail_unexpected(f"could not check job {spec.name!r}", error, verbose)
+
+
+def _fail_unexpected(what: str, error: Exception, verbose: bool) -> NoReturn:
+    """An error we did not anticipate: one line, or the traceback with --verbose."""
+    if verbose:
+        _echo_error(traceback.format_exc())
+    hint = "" if verbose else " (rerun with --verbose for the traceback)"
+    _echo_error(f"{what}: {type(error).__name__}: {error}{hint}")
+    _exit(EXIT_FAILED)
 
 
 def _report_problems(job_file: str, problems: list[str]) -> NoReturn:
@@ -249,11 +254,7 @@ def run(context: click.Context, job_file: str, overrides: tuple[str, ...], verbo
                     f"{spec.output.path} are kept)")
         _exit(EXIT_INTERRUPTED)
     except Exception as error:
-        if verbose:
-            _echo_error(traceback.format_exc())
-        hint = "" if verbose else " (rerun with --verbose for the traceback)"
-        _echo_error(f"job {spec.name!r} failed: {type(error).__name__}: {error}{hint}")
-        _exit(EXIT_FAILED)
+        _fail_unexpected(f"job {spec.name!r} failed", error, verbose)
     for line in _result_lines(spec, report):
         click.echo(_scrub(line))
 
