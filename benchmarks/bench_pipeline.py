@@ -1,0 +1,628 @@
+"""Benchmark 4 (issue 4): end-to-end rows/s of ``zipvl-batch run`` against a plain loop.
+
+    python -m benchmarks.bench_pipeline            # full run (~6 min on a quiet 2-core machine)
+    python -m benchmarks.bench_pipeline --quick    # tiny model, 32 rows (~1.5 min)
+
+For each model (the ``tiny-llava`` preset, whose ``generate`` takes ~10-100 ms a
+batch so pipeline overhead dominates, and ``bench-llava``, a bigger random-weight
+LLaVA checkpoint from ``benchmarks.pipeline_baseline`` whose ``generate`` takes
+about a second a batch) and the same generated Parquet of images:
+
+* the **plain loop** (``benchmarks.pipeline_baseline``: decode, processor,
+  ``generate``, collect, write one Parquet) in its own Python process, with
+  torch's default thread count and with 1 thread (what one pipeline worker gets);
+* ``zipvl-batch run jobs/captions.yaml --set ...`` with 1 and 2 workers on a
+  local Ray of ``num_cpus=2``, each model replica on 1 thread. With 2 workers
+  each asks for 0.5 CPU: 2 x 1 CPU would leave none for Ray Data's read and
+  decode tasks, and the run hangs. The full run adds a control: 1 worker
+  without the timers described below.
+
+Both sides get the same rows, model, batch size, greedy settings (max_new_tokens,
+do_sample false) and ZipVL config (the job's, resolved by ``pipeline.spec``), and
+the benchmark checks that they produce the same ids and the same text per id.
+Rows/s is measured from launching the process to its exit, so Python start-up,
+imports, Ray start and model loading count, as they do for a user.
+
+"Model busy" is the time inside ``model.generate`` over wall time. In the plain
+loop it is timed in-process. In the pipeline it is timed inside the Ray workers:
+``RAY_RUNTIME_ENV_HOOK`` (read by ``ray.init`` in the ``zipvl-batch`` process) adds
+a ``worker_process_setup_hook`` that wraps ``GenerateStage`` (model load and each
+batch), ``DecodeStage``, the processor call and the actor's ``model.generate``,
+and appends one JSON line per call to a folder; no pipeline code is changed.
+The patch is applied when a worker imports ``pipeline.stages`` (workers that
+never do pay nothing). The same hook records when ``ray.init`` was called and
+times ``ray.shutdown``, which gives the timeline of a run: CLI start-up, Ray
+start, actor start, model load, first batch, last batch, shutdown, exit.
+
+Each run uses its own Ray temp folder (``RAY_TMPDIR``), so it starts its own
+local Ray even when other Ray instances run on the machine (without it,
+``ray.init()`` joins the most recent one). Results:
+``benchmarks/results/pipeline-<UTC stamp>.json`` and ``pipeline-latest.json``
+(``pipeline-quick-*`` for ``--quick``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import importlib.abc
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+JOB_FILE = REPO_ROOT / "jobs" / "captions.yaml"
+TIMING_DIR_ENV = "ZIPVL_BENCH_TIMING_DIR"
+MODELS = ("tiny-llava", "bench-llava")
+RAY_NUM_CPUS = 2
+RUN_TIMEOUT_S = 900
+# By name, not __name__: run with -m this module is __main__, which Ray workers cannot import.
+THIS_MODULE = "benchmarks.bench_pipeline"
+
+
+# ---------------------------------------------------------------- timing inside Ray workers
+# Imported by the zipvl-batch process (the runtime-env hook) and by every Ray worker
+# (the setup hook), so this module imports nothing heavy at the top.
+
+
+def add_timing_hook(runtime_env: dict[str, Any] | None) -> dict[str, Any]:
+    """``RAY_RUNTIME_ENV_HOOK``: give the job a worker setup hook that installs the timers.
+
+    Ray calls it inside ``ray.init`` in the ``zipvl-batch`` process, before the local
+    cluster starts: that moment is recorded, and ``ray.shutdown`` is timed too.
+    """
+    directory = os.environ.get(TIMING_DIR_ENV)
+    if directory:
+        path = Path(directory) / f"driver-{os.getpid()}.jsonl"
+        now = time.time()
+        _record(path, event="driver_ray_init_called", start=now, end=now)
+        import ray
+
+        if not getattr(ray.shutdown, "__bench_timed__", False):
+            ray.shutdown = _timed(ray.shutdown, path, "driver_ray_shutdown")
+    runtime_env = dict(runtime_env or {})
+    runtime_env["worker_process_setup_hook"] = f"{THIS_MODULE}.install_worker_timing"
+    return runtime_env
+
+
+def _record(path: Path, **fields: Any) -> None:
+    # One short append per event: a record survives the worker being killed.
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps({"pid": os.getpid(), **fields}) + "\n")
+
+
+def _timed(function: Any, path: Path, event: str, counts_rows: bool = False) -> Any:
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        start = time.time()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            rows = getattr(args[1], "num_rows", None) if counts_rows and len(args) > 1 else None
+            _record(path, event=event, start=start, end=time.time(), rows=rows)
+
+    wrapper.__bench_timed__ = True
+    return wrapper
+
+
+def _patch_stages(stages: Any, path: Path) -> None:
+    """Wrap ``GenerateStage`` (load, batches, its model's generate, the processor) and ``DecodeStage``."""
+    original_init = stages.GenerateStage.__init__
+
+    @functools.wraps(original_init)
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        start = time.time()
+        original_init(self, *args, **kwargs)
+        _record(path, event="model_load", start=start, end=time.time(), rows=None)
+        # Loaded by now: wrap this actor's generate and the processor call.
+        from pipeline import model_runner
+
+        model = self.loaded.model
+        model.generate = _timed(model.generate, path, "generate")
+        if not getattr(model_runner.build_model_inputs, "__bench_timed__", False):
+            model_runner.build_model_inputs = _timed(model_runner.build_model_inputs, path,
+                                                     "processor")
+
+    stages.GenerateStage.__init__ = init
+    stages.GenerateStage.__call__ = _timed(stages.GenerateStage.__call__, path, "generate_stage",
+                                           counts_rows=True)
+    stages.DecodeStage.__call__ = _timed(stages.DecodeStage.__call__, path, "decode_stage",
+                                         counts_rows=True)
+
+
+class _PatchStagesOnImport(importlib.abc.MetaPathFinder):
+    """Patches ``pipeline.stages`` right after a worker first imports it.
+
+    Lazy, so the Ray workers that never run a pipeline stage pay nothing (importing
+    ``pipeline.stages`` eagerly costs a bare worker ~0.6 s of numpy and pyarrow imports).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        if fullname != "pipeline.stages":
+            return None
+        sys.meta_path.remove(self)  # once; and let the normal finders locate the module
+        spec = importlib.util.find_spec(fullname)
+        if spec is None or spec.loader is None:
+            return spec
+        execute = spec.loader.exec_module
+
+        def exec_module(module: Any) -> None:
+            execute(module)
+            _patch_stages(module, self.path)
+
+        spec.loader.exec_module = exec_module  # type: ignore[method-assign]
+        return spec
+
+
+def install_worker_timing() -> None:
+    """``worker_process_setup_hook``: time the pipeline's stages in this Ray worker."""
+    directory = os.environ.get(TIMING_DIR_ENV)
+    if not directory:
+        return
+    path = Path(directory) / f"{os.getpid()}.jsonl"
+    now = time.time()
+    _record(path, event="worker_start", start=now, end=now)
+    if "pipeline.stages" in sys.modules:
+        _patch_stages(sys.modules["pipeline.stages"], path)
+    else:
+        sys.meta_path.insert(0, _PatchStagesOnImport(path))
+
+
+# ---------------------------------------------------------------- running one side
+
+
+def _load_average() -> list[float] | None:
+    return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+
+
+def _run_process(command: list[str], env: dict[str, str], log_path: Path) -> dict[str, Any]:
+    """Run `command` from the repo root; wall seconds from launch to exit, start/end epochs."""
+    load_before = _load_average()
+    started = time.time()
+    start_counter = time.perf_counter()
+    with open(log_path, "w", encoding="utf-8") as log_file:
+        process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log_file,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            returncode = process.wait(timeout=RUN_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            # Our own process group only (the CLI and the Ray processes it started).
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            returncode = None
+    wall = time.perf_counter() - start_counter
+    if returncode != 0:
+        tail = log_path.read_text(encoding="utf-8", errors="replace")[-3000:]
+        what = "timed out" if returncode is None else f"exited with {returncode}"
+        raise RuntimeError(f"{' '.join(command)} {what}; log {log_path}:\n{tail}")
+    return {"wall_seconds": wall, "started": started, "ended": started + wall,
+            "load_average_before": load_before, "load_average_after": _load_average()}
+
+
+def _child_env(extra: dict[str, str]) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    env.update(extra)
+    return env
+
+
+def run_baseline(model_path: Path, data: Path, rows: int, settings: dict[str, Any], threads: int,
+                 work_dir: Path) -> dict[str, Any]:
+    """The plain loop in its own process; returns its figures and where its output is."""
+    tag = f"baseline-threads{threads or 'default'}"
+    output, timings_file = work_dir / f"{tag}.parquet", work_dir / f"{tag}-timings.json"
+    command = [sys.executable, "-m", "benchmarks.pipeline_baseline", "--data", str(data),
+               "--model", str(model_path), "--zipvl", json.dumps(settings["zipvl"]),
+               "--batch-size", str(settings["batch_size"]),
+               "--max-new-tokens", str(settings["max_new_tokens"]),
+               "--prompt", settings["prompt"], "--threads", str(threads),
+               "--output", str(output), "--timings", str(timings_file)]
+    run = _run_process(command, _child_env({}), work_dir / f"{tag}.log")
+    timings = json.loads(timings_file.read_text())
+    steps = timings["seconds"]
+    wall = run["wall_seconds"]
+    loop_seconds = sum(steps[name] for name in ("decode", "processor", "generate", "text_decode"))
+    return {
+        "command": _display(command),
+        "torch_threads": timings["torch_threads"],
+        "rows": timings["rows"],
+        "wall_seconds": wall,
+        "rows_per_second": rows / wall,
+        "steady_rows_per_second": rows / loop_seconds,
+        "model_busy_fraction": steps["generate"] / wall,
+        "seconds": {"python_start_imports_and_exit": wall - sum(steps.values()), **steps},
+        "load_average_before": run["load_average_before"],
+        "load_average_after": run["load_average_after"],
+        "_output": output,
+    }
+
+
+def _read_records(directory: Path) -> list[dict[str, Any]]:
+    records = []
+    for file in sorted(directory.glob("*.jsonl")):
+        for line in file.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                records.append(json.loads(line))
+    return records
+
+
+def analyse_pipeline_records(records: list[dict[str, Any]], started: float, ended: float,
+                             rows: int, runner_wall: float) -> dict[str, Any]:
+    """Per-actor model load, busy time and phases of one pipeline run, from the worker records."""
+    by_event: dict[str, list[dict[str, Any]]] = {}
+    for record in records:
+        by_event.setdefault(record["event"], []).append(record)
+    actor_pids = sorted({record["pid"] for record in by_event.get("model_load", [])})
+    wall = ended - started
+
+    def total(event: str, pid: int | None = None) -> float:
+        return sum(r["end"] - r["start"] for r in by_event.get(event, [])
+                   if pid is None or r["pid"] == pid)
+
+    actors = []
+    for pid in actor_pids:
+        batches = [r for r in by_event.get("generate_stage", []) if r["pid"] == pid]
+        first = min((r["start"] for r in batches), default=None)
+        last = max((r["end"] for r in batches), default=None)
+        generate = total("generate", pid)
+        actors.append({
+            "pid": pid,
+            "model_load_seconds": total("model_load", pid),
+            "batches": len(batches),
+            "rows": sum(r["rows"] or 0 for r in batches),
+            "generate_seconds": generate,
+            "processor_seconds": total("processor", pid),
+            "generate_stage_seconds": total("generate_stage", pid),
+            "decode_stage_seconds_in_this_actor": total("decode_stage", pid),
+            "model_busy_fraction_of_wall": generate / wall,
+            "model_busy_fraction_first_to_last_batch": (
+                generate / (last - first) if batches and last > first else None),
+        })
+    decode_records = by_event.get("decode_stage", [])
+    decode_pids = {r["pid"] for r in decode_records}
+    batch_records = by_event.get("generate_stage", [])
+    first_batch = min((r["start"] for r in batch_records), default=None)
+    last_batch = max((r["end"] for r in batch_records), default=None)
+    generate_total = total("generate")
+    worker_starts = [r["start"] for r in by_event.get("worker_start", [])]
+    loads = by_event.get("model_load", [])
+    ray_init = [r["start"] for r in by_event.get("driver_ray_init_called", [])]
+    shutdown = by_event.get("driver_ray_shutdown", [])
+    shutdown_start = shutdown[0]["start"] if shutdown else None
+    return {
+        "actors": actors,
+        "model_busy_fraction": generate_total / (wall * max(len(actor_pids), 1)),
+        "steady_rows_per_second": (rows / (last_batch - first_batch)
+                                   if batch_records and last_batch > first_batch else None),
+        "decode": {
+            "seconds": total("decode_stage"),
+            "batches": len(decode_records),
+            # Ray Data may fuse the decode tasks into the generate actors; then decoding
+            # does not overlap with generation.
+            "ran_inside_generate_actors": bool(decode_pids) and decode_pids <= set(actor_pids),
+            "processes": len(decode_pids),
+        },
+        "timeline_seconds_from_launch": {
+            # Before: Python start, imports, job validation in the zipvl-batch process.
+            "ray_init_called": ray_init[0] - started if ray_init else None,
+            # The runner's clock (report wall_time_seconds) runs from just after ray.init
+            # returned to just before ray.shutdown: so this is when Ray was up, within ms.
+            "ray_ready_approx": (shutdown_start - runner_wall - started
+                                 if shutdown_start is not None else None),
+            "first_ray_worker_started": min(worker_starts) - started if worker_starts else None,
+            "first_model_load_started": min(r["start"] for r in loads) - started if loads else None,
+            "last_model_loaded": max(r["end"] for r in loads) - started if loads else None,
+            "first_batch_started": first_batch - started if first_batch else None,
+            "last_batch_finished": last_batch - started if last_batch else None,
+            "ray_shutdown_started": shutdown_start - started if shutdown_start else None,
+            "ray_shutdown_finished": shutdown[0]["end"] - started if shutdown else None,
+            "process_exited": wall,
+        },
+        "ray_worker_processes": len(worker_starts),
+    }
+
+
+def run_pipeline(model: str, model_path: Path, data: Path, rows: int, settings: dict[str, Any],
+                 workers: int, work_dir: Path, timers: bool = True) -> dict[str, Any]:
+    """``zipvl-batch run`` in its own process (with the worker timers); returns its figures.
+
+    ``timers=False`` runs it untouched: a control for what the timers cost.
+    """
+    tag = f"pipeline-workers{workers}" + ("" if timers else "-untimed")
+    output = work_dir / f"{tag}-output"
+    timing_dir = work_dir / f"{tag}-timings"
+    timing_dir.mkdir()
+    command = [str(Path(sys.executable).with_name("zipvl-batch")), "run", str(JOB_FILE),
+               *(arg for override in pipeline_overrides(model, model_path, data, output, settings,
+                                                         workers) for arg in ("--set", override))]
+    # A short path: Ray puts Unix sockets under it (~107 characters at most).
+    ray_dir = Path(tempfile.mkdtemp(prefix="zb-ray-", dir="/tmp"))
+    extra = {"RAY_TMPDIR": str(ray_dir),
+             "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
+    if timers:
+        extra.update({"RAY_RUNTIME_ENV_HOOK": f"{THIS_MODULE}.add_timing_hook",
+                      TIMING_DIR_ENV: str(timing_dir)})
+    env = _child_env(extra)
+    try:
+        run = _run_process(command, env, work_dir / f"{tag}.log")
+    finally:
+        shutil.rmtree(ray_dir, ignore_errors=True)
+    report = json.loads((output / "_report.json").read_text())
+    figures = (analyse_pipeline_records(_read_records(timing_dir), run["started"], run["ended"], rows,
+                                        report["wall_time_seconds"])
+               if timers else {"model_busy_fraction": None, "steady_rows_per_second": None})
+    wall = run["wall_seconds"]
+    return {
+        "command": _display(command),
+        "environment": {**extra, "RAY_TMPDIR": "<fresh temp folder under /tmp>",
+                        TIMING_DIR_ENV: "<run folder>"} if timers else
+                       {**extra, "RAY_TMPDIR": "<fresh temp folder under /tmp>"},
+        "workers": workers,
+        "worker_timers": timers,
+        "wall_seconds": wall,
+        "rows_per_second": rows / wall,
+        "report": {
+            # The runner's own clock starts after Ray is up and stops before shutdown.
+            "wall_time_seconds": report["wall_time_seconds"],
+            "rows_per_second": report["throughput"]["rows_per_second"],
+            "counts": report["counts"],
+            "kept_ratio_mean": (report.get("kept_ratio") or {}).get("mean"),
+            "rows_by_actor": report["workers"]["rows_by_actor"],
+            "error_samples": report.get("error_samples", [])[:3],
+        },
+        **figures,
+        "load_average_before": run["load_average_before"],
+        "load_average_after": run["load_average_after"],
+        "_output": output,
+    }
+
+
+def pipeline_overrides(model: str, model_path: Path, data: Path, output: Path,
+                       settings: dict[str, Any], workers: int) -> list[str]:
+    """The ``--set`` overrides of one pipeline run (the job file supplies everything else)."""
+    # 1 CPU per worker when it leaves one for Ray Data's read/decode tasks; else a
+    # fraction (Ray then sets OMP_NUM_THREADS=1, so each replica still has 1 thread).
+    # workers x 1 CPU == num_cpus leaves none for those tasks and the run hangs.
+    cpus_per_worker = 1 if workers < RAY_NUM_CPUS else (RAY_NUM_CPUS - 1) / workers
+    model_override = (f"model.preset={model}" if model == "tiny-llava"
+                      else f"model.name_or_path={model_path}")
+    return [
+        f"input.path={data}",
+        f"output.path={output}",
+        "output.resume=false",
+        model_override,
+        f"resources.workers={workers}",
+        f"resources.cpus_per_worker={cpus_per_worker:g}",
+        f"resources.batch_size={settings['batch_size']}",
+        f"generation.max_new_tokens={settings['max_new_tokens']}",
+        "generation.do_sample=false",
+        f"ray.num_cpus={RAY_NUM_CPUS}",
+        *([f"zipvl={settings['zipvl_override']}"] if settings["zipvl_override"] is not None else []),
+    ]
+
+
+def _display(command: list[str]) -> str:
+    import shlex
+
+    text = shlex.join(command)
+    return text.replace(str(REPO_ROOT) + "/", "").replace(sys.executable, "python")
+
+
+# ---------------------------------------------------------------- checking the work is the same
+
+
+def compare_outputs(pipeline_output: Path, baseline_output: Path) -> dict[str, Any]:
+    """Same ids, every pipeline row ok, and the same text per id (greedy)?"""
+    import pyarrow.parquet as pq
+
+    pipeline_rows = pq.read_table(pipeline_output, columns=["id", "output", "status"]).to_pylist()
+    baseline_rows = pq.read_table(baseline_output).to_pylist()
+    pipeline_text = {row["id"]: row["output"] for row in pipeline_rows}
+    baseline_text = {row["id"]: row["output"] for row in baseline_rows}
+    shared = sorted(set(pipeline_text) & set(baseline_text))
+    differing = [row_id for row_id in shared if pipeline_text[row_id] != baseline_text[row_id]]
+    return {
+        "same_ids": set(pipeline_text) == set(baseline_text),
+        "duplicate_ids_in_pipeline": len(pipeline_rows) - len(pipeline_text),
+        "pipeline_error_rows": sum(row["status"] != "ok" for row in pipeline_rows),
+        "rows_compared": len(shared),
+        "rows_with_different_text": len(differing),
+        "examples": [{"id": row_id, "pipeline": pipeline_text[row_id],
+                      "baseline": baseline_text[row_id]} for row_id in differing[:3]],
+        "agree": (set(pipeline_text) == set(baseline_text) and not differing
+                  and len(pipeline_rows) == len(pipeline_text)
+                  and all(row["status"] == "ok" for row in pipeline_rows)),
+    }
+
+
+# ---------------------------------------------------------------- main
+
+
+def job_settings(model: str, model_path: Path, zipvl: str | None) -> dict[str, Any]:
+    """Prompt, ZipVL config and generation settings exactly as the pipeline resolves them."""
+    from pipeline.spec import load_job
+
+    overrides = (["model.preset=tiny-llava"] if model == "tiny-llava"
+                 else [f"model.name_or_path={model_path}"])
+    if zipvl is not None:
+        overrides.append(f"zipvl={zipvl}")
+    spec = load_job(JOB_FILE, overrides)
+    config = spec.zipvl_config()
+    return {
+        "prompt": spec.task.render_prompt(None),
+        "zipvl": None if config is None else config.to_dict(),
+        "zipvl_label": spec.method_label(),
+        "batch_size": spec.resources.batch_size,
+        "max_new_tokens": spec.generation.max_new_tokens,
+        "do_sample": False,
+        "zipvl_override": zipvl,
+    }
+
+
+def model_path_for(model: str) -> Path:
+    from benchmarks.pipeline_baseline import bench_llava_path
+    from zipvl.testing import tiny_model_path
+
+    return tiny_model_path("llava") if model == "tiny-llava" else bench_llava_path()
+
+
+def _public(figures: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in figures.items() if not key.startswith("_")}
+
+
+def bench_model(model: str, rows: int, worker_counts: list[int], baseline_threads: list[int],
+                untimed_control: bool, zipvl: str | None, work_dir: Path,
+                log: Any) -> dict[str, Any]:
+    """Every run for one model: the plain loop(s), then the pipeline runs, each output checked."""
+    from benchmarks.pipeline_baseline import dataset_path
+
+    model_path = model_path_for(model)
+    data = dataset_path(rows)
+    settings = job_settings(model, model_path, zipvl)
+    shown_path = model_path.relative_to(REPO_ROOT) if model_path.is_relative_to(REPO_ROOT) else model_path
+    result: dict[str, Any] = {"model_path": str(shown_path), "data": str(data.relative_to(REPO_ROOT)),
+                              "rows": rows, "settings": settings, "baseline": {}, "pipeline": {},
+                              "agreement": {}}
+    model_dir = work_dir / model
+    model_dir.mkdir()
+    for threads in baseline_threads:
+        key = f"threads={threads or 'default'}"
+        log(f"{model}: plain loop, {key}, {rows} rows")
+        run = run_baseline(model_path, data, rows, settings, threads, model_dir)
+        result["baseline"][key] = run
+        log(f"  {run['rows_per_second']:.2f} rows/s (wall {run['wall_seconds']:.1f} s, "
+            f"model busy {run['model_busy_fraction']:.0%})")
+    pipeline_runs = [(f"workers={workers}", workers, True) for workers in worker_counts]
+    if untimed_control:
+        pipeline_runs.append((f"workers={worker_counts[0]}, no timers", worker_counts[0], False))
+    for key, workers, timers in pipeline_runs:
+        log(f"{model}: zipvl-batch run, {key}, {rows} rows")
+        run = run_pipeline(model, model_path, data, rows, settings, workers, model_dir, timers)
+        result["pipeline"][key] = run
+        busy = run["model_busy_fraction"]
+        log(f"  {run['rows_per_second']:.2f} rows/s (wall {run['wall_seconds']:.1f} s"
+            + (f", model busy {busy:.0%})" if busy is not None else ")"))
+        for baseline_key, baseline in result["baseline"].items():
+            agreement = compare_outputs(run["_output"], baseline["_output"])
+            result["agreement"][f"pipeline {key} vs baseline {baseline_key}"] = agreement
+            if not agreement["agree"]:
+                log(f"  WARNING: outputs differ from the plain loop ({baseline_key}): "
+                    f"{json.dumps({k: v for k, v in agreement.items() if k != 'examples'})}")
+        if run["report"]["error_samples"]:
+            log(f"  WARNING: the pipeline wrote error rows, e.g. {run['report']['error_samples'][0]}")
+    result["speedup_vs_baseline"] = {
+        f"pipeline {p_key} / baseline {b_key}": p["rows_per_second"] / b["rows_per_second"]
+        for p_key, p in result["pipeline"].items() for b_key, b in result["baseline"].items()
+    }
+    result["baseline"] = {key: _public(value) for key, value in result["baseline"].items()}
+    result["pipeline"] = {key: _public(value) for key, value in result["pipeline"].items()}
+    return result
+
+
+def _cell(value: float | None, spec: str, width: int) -> str:
+    return f"{'-':>{width}}" if value is None else f"{value:>{width}{spec}}"
+
+
+def summary_lines(figures: dict[str, Any]) -> list[str]:
+    """One line per run: rows/s end to end and once running, wall, model busy, outputs agree."""
+    lines = [f"{'model':<12} {'run':<34} {'rows/s':>7} {'steady':>7} {'wall s':>7} "
+             f"{'1st batch s':>11} {'busy':>5} {'agree':>5}"]
+    for model, result in figures["models"].items():
+        for key, run in result["baseline"].items():
+            steps = run["seconds"]
+            first_batch = steps["python_start_imports_and_exit"] + steps["load"]
+            lines.append(f"{model:<12} {'plain loop ' + key:<34} "
+                         f"{_cell(run['rows_per_second'], '.2f', 7)} "
+                         f"{_cell(run['steady_rows_per_second'], '.2f', 7)} "
+                         f"{_cell(run['wall_seconds'], '.1f', 7)} {_cell(first_batch, '.1f', 11)} "
+                         f"{_cell(run['model_busy_fraction'], '.0%', 5)} {'':>5}")
+        for key, run in result["pipeline"].items():
+            agree = all(a["agree"] for name, a in result["agreement"].items()
+                        if name.startswith(f"pipeline {key} vs"))
+            first_batch = (run.get("timeline_seconds_from_launch") or {}).get("first_batch_started")
+            lines.append(f"{model:<12} {'zipvl-batch ' + key:<34} "
+                         f"{_cell(run['rows_per_second'], '.2f', 7)} "
+                         f"{_cell(run['steady_rows_per_second'], '.2f', 7)} "
+                         f"{_cell(run['wall_seconds'], '.1f', 7)} {_cell(first_batch, '.1f', 11)} "
+                         f"{_cell(run['model_busy_fraction'], '.0%', 5)} "
+                         f"{'yes' if agree else 'NO':>5}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny model, few rows (< 2 minutes)")
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=None)
+    parser.add_argument("--rows", type=int, default=None, help="rows per model (default by mode)")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--baseline-threads", type=int, nargs="+", default=None,
+                        help="torch threads of the plain loop; 0 = torch's default")
+    parser.add_argument("--untimed-control", action=argparse.BooleanOptionalAction, default=None,
+                        help="also run the first worker count without the worker timers, for "
+                             "the first model (default: on in the full run)")
+    parser.add_argument("--zipvl", default=None,
+                        help="ZipVL preset for both sides (e.g. dense, paper); default: the job's")
+    parser.add_argument("--keep", action="store_true", help="keep the run folder (outputs, logs)")
+    args = parser.parse_args(argv)
+
+    from benchmarks.common import log, write_result
+
+    started = time.perf_counter()
+    models = args.models or (["tiny-llava"] if args.quick else list(MODELS))
+    rows_by_model = {"tiny-llava": 32 if args.quick else 320, "bench-llava": 16 if args.quick else 160}
+    if args.rows:
+        rows_by_model = dict.fromkeys(rows_by_model, args.rows)
+    # torch's default thread count is what a user's loop gets; on a loaded machine it can
+    # be many times slower than 1 thread (OpenMP threads wait on each other), so the
+    # quick check uses 1 thread, as each pipeline worker does.
+    baseline_threads = args.baseline_threads or ([1] if args.quick else [0, 1])
+    work_dir = Path(tempfile.mkdtemp(prefix="pipeline-bench-", dir=REPO_ROOT / ".cache"))
+    figures: dict[str, Any] = {"models": {}}
+    try:
+        untimed_control = not args.quick if args.untimed_control is None else args.untimed_control
+        for index, model in enumerate(models):
+            figures["models"][model] = bench_model(model, rows_by_model[model], args.workers,
+                                                   baseline_threads, untimed_control and index == 0,
+                                                   args.zipvl, work_dir, log)
+    finally:
+        if args.keep:
+            log(f"run folder kept: {work_dir}")
+        else:
+            shutil.rmtree(work_dir, ignore_errors=True)
+    import pyarrow
+    import ray
+
+    settings = {
+        "models": models,
+        "rows": {model: rows_by_model[model] for model in models},
+        "workers": args.workers,
+        "baseline_threads": ["default" if t == 0 else t for t in baseline_threads],
+        "ray_num_cpus": RAY_NUM_CPUS,
+        "zipvl": args.zipvl or "the job's (jobs/captions.yaml: default)",
+        "job_file": str(JOB_FILE.relative_to(REPO_ROOT)),
+        "library_versions": {"ray": ray.__version__, "pyarrow": pyarrow.__version__},
+        "measured": "rows/s: rows / (process launch to exit). steady: rows / (first batch "
+                    "start to last batch end) for the pipeline, rows / (decode + processor + "
+                    "generate + text decode) for the plain loop. busy: time inside "
+                    "model.generate / wall (pipeline: summed over actors / (wall x workers)). "
+                    "1st batch s: launch to the first batch entering the model.",
+    }
+    figures["summary"] = summary_lines(figures)
+    path = write_result("pipeline", args.quick, settings, figures, started)
+    print("\n".join(figures["summary"]))
+    log(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

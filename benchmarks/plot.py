@@ -1,0 +1,198 @@
+"""PNG plots of the latest benchmark results (matplotlib, headless).
+
+Reads ``benchmarks/results/<name>-latest.json`` (or ``-quick-latest`` with
+``--quick``) for whichever of fidelity / prefill / decode exist and writes:
+
+* ``fidelity_tradeoff.png``: mean kept ratio against NLL increase over dense,
+  one line per method over the tau sweep (ZipVL modes; fixed ratio, SnapKV,
+  StreamingLLM and kvpress presses at the matched budgets);
+* ``fidelity_modes.png``: NLL increase and greedy agreement per prefill mode at tau 0.975
+  (modes without answers show 0 agreement); runs of ``fidelity-experimental-latest.json``
+  on the same documents are drawn too;
+* ``prefill_ttft.png``: time to first token against prompt length per variant,
+  and the time split (selection / attention / rest) at the longest length;
+* ``prefill_kept_per_layer.png``: kept ratio per layer;
+* ``decode_throughput.png``: tokens/s per batch and context, dense against ZipVL.
+
+    python -m benchmarks.plot [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import defaultdict
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from benchmarks.common import RESULTS_DIR, load_latest  # noqa: E402
+
+
+def _try_load(name: str, quick: bool) -> dict | None:
+    try:
+        return load_latest(name, quick)
+    except FileNotFoundError:
+        return None
+
+
+def _label(run: dict) -> str:
+    family = run["family"]
+    if family == "zipvl":
+        return f"ZipVL adaptive, {run['mode']}"
+    if family == "zipvl-fixed":
+        return f"ZipVL fixed ratio, {run['mode']}"
+    if family == "experimental":
+        return f"experimental {run['mode']}"
+    return {"snapkv": "SnapKV-style (dense prefill)",
+            "streaming": "StreamingLLM-style (sink + recent)"}.get(family, family)
+
+
+def plot_fidelity(result: dict, suffix: str) -> list[str]:
+    runs = list(result["figures"]["runs"])
+    experimental = _try_load("fidelity-experimental", bool(suffix))
+    if experimental is not None and (experimental["settings"]["documents"]
+                                     == result["settings"]["documents"]):
+        # Same documents and context: the experimental mode belongs on the same axes.
+        runs += [r for r in experimental["figures"]["runs"] if r["family"] == "experimental"]
+    lines: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for run in runs:
+        lines[_label(run)].append((run["kept_ratio"], 100 * run["nll_increase"]))
+    kvpress = result["figures"].get("kvpress", {})
+    for run in kvpress.get("runs", []) if kvpress.get("status") == "ok" else []:
+        lines[f"kvpress {run['press']}"].append((run["kept_ratio"], 100 * run["nll_increase"]))
+    figure, axis = plt.subplots(figsize=(10, 6.5))
+    # Many methods: 20 distinct colours so no two lines share one.
+    axis.set_prop_cycle(color=list(plt.cm.tab20.colors))
+    for label, points in sorted(lines.items()):
+        points.sort()
+        style = "-o" if label.startswith("ZipVL adaptive") else "--s" if "ZipVL" in label else ":^"
+        axis.plot([p[0] for p in points], [p[1] for p in points], style, label=label, markersize=4)
+    axis.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
+    axis.text(axis.get_xlim()[0], 1.05, " 1% budget", color="grey", fontsize=8)
+    settings = result["settings"]
+    axis.set_xlabel("mean kept ratio of the KV cache (over layers and documents)")
+    axis.set_ylabel("NLL increase over dense, % (continuation read through the cache)")
+    axis.set_title(f"SmolLM2-135M, {len(settings['documents'])} documents x "
+                   f"{settings['context_tokens']} tokens, tau {settings['taus']}")
+    axis.set_yscale("symlog", linthresh=1.0)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7, ncol=2)
+    figure.tight_layout()
+    tradeoff = RESULTS_DIR / f"fidelity_tradeoff{suffix}.png"
+    figure.savefig(tradeoff, dpi=120)
+    plt.close(figure)
+
+    tau = result["figures"]["summary"]["tau"]
+    adaptive = [r for r in runs if r["tau"] == tau and r["family"] in ("zipvl", "experimental")]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    names = [r["mode"] for r in adaptive]
+    left.barh(names, [100 * r["nll_increase"] for r in adaptive], color="tab:blue")
+    left.axvline(1.0, color="grey", linestyle="--", linewidth=0.8)
+    left.set_xlabel(f"NLL increase over dense, % (tau {tau})")
+    for index, run in enumerate(adaptive):
+        left.text(100 * run["nll_increase"], index, f" kept {run['kept_ratio']:.2f}", va="center",
+                  fontsize=7)
+    if any("agreement" in r for r in adaptive):
+        right.barh(names, [r.get("agreement", 0.0) for r in adaptive], color="tab:green")
+        right.set_xlabel("greedy token agreement with dense, first 32 tokens")
+        right.set_xlim(0, 1)
+    figure.tight_layout()
+    modes = RESULTS_DIR / f"fidelity_modes{suffix}.png"
+    figure.savefig(modes, dpi=120)
+    plt.close(figure)
+    return [str(tradeoff), str(modes)]
+
+
+def plot_prefill(result: dict, suffix: str) -> list[str]:
+    runs = result["figures"]["runs"]
+    by_method: dict[str, list[dict]] = defaultdict(list)
+    for run in runs:
+        by_method[run["method"]["name"]].append(run)
+    figure, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
+    for name, rows in by_method.items():
+        rows.sort(key=lambda r: r["length"])
+        left.plot([r["length"] for r in rows], [r["ttft_seconds"] for r in rows],
+                  "-o" if name != "dense" else "-k", label=name, markersize=3)
+    left.set_xscale("log", base=2)
+    left.set_yscale("log")
+    left.set_xlabel("prompt tokens")
+    left.set_ylabel("time to first token, s")
+    left.legend(fontsize=7)
+    left.grid(alpha=0.3)
+    longest = max(r["length"] for r in runs)
+    rows = [r for r in runs if r["length"] == longest]
+    parts = ("selection_total", "attention_kernel", "compress", "attention_glue", "rest_of_model")
+    bottoms = [0.0] * len(rows)
+    names = [r["method"]["name"] for r in rows]
+    for part in parts:
+        values = [r["split_seconds"][part] for r in rows]
+        right.barh(names, values, left=bottoms, label=part)
+        bottoms = [b + v for b, v in zip(bottoms, values)]
+    right.set_xlabel(f"seconds at {longest} tokens")
+    right.legend(fontsize=7)
+    figure.tight_layout()
+    ttft = RESULTS_DIR / f"prefill_ttft{suffix}.png"
+    figure.savefig(ttft, dpi=120)
+    plt.close(figure)
+
+    figure, axis = plt.subplots(figsize=(9, 4.5))
+    for run in rows:
+        if run["kept_ratio_per_layer"] is not None:
+            axis.plot(run["kept_ratio_per_layer"], label=run["method"]["name"])
+    axis.set_xlabel("layer")
+    axis.set_ylabel(f"kept ratio at {longest} tokens")
+    axis.set_ylim(0, 1.02)
+    axis.legend(fontsize=7)
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    layers = RESULTS_DIR / f"prefill_kept_per_layer{suffix}.png"
+    figure.savefig(layers, dpi=120)
+    plt.close(figure)
+    return [str(ttft), str(layers)]
+
+
+def plot_decode(result: dict, suffix: str) -> list[str]:
+    runs = [r for r in result["figures"]["runs"] if "tokens_per_second" in r]
+    contexts = sorted({r["context"] for r in runs})
+    figure, axes = plt.subplots(1, len(contexts), figsize=(5 * len(contexts), 4.5), squeeze=False)
+    for axis, context in zip(axes[0], contexts):
+        by_method: dict[str, list[dict]] = defaultdict(list)
+        for run in runs:
+            if run["context"] == context:
+                by_method[run["method"]["name"]].append(run)
+        for name, rows in by_method.items():
+            rows.sort(key=lambda r: r["batch"])
+            axis.plot([r["batch"] for r in rows], [r["tokens_per_second"] for r in rows], "-o",
+                      label=name, markersize=3)
+        axis.set_xscale("log", base=2)
+        axis.set_xlabel("batch")
+        axis.set_ylabel("output tokens/s")
+        axis.set_title(f"{context}-token context")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    figure.tight_layout()
+    path = RESULTS_DIR / f"decode_throughput{suffix}.png"
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return [str(path)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="plot the latest benchmark results")
+    parser.add_argument("--quick", action="store_true", help="plot the --quick results")
+    args = parser.parse_args()
+    suffix = "-quick" if args.quick else ""
+    written: list[str] = []
+    for name, plotter in (("fidelity", plot_fidelity), ("prefill", plot_prefill),
+                          ("decode", plot_decode)):
+        result = _try_load(name, args.quick)
+        if result is not None:
+            written += plotter(result, suffix)
+    for path in written:
+        print(path)
+
+
+if __name__ == "__main__":
+    main()
