@@ -36,7 +36,6 @@ import zipvl
 from benchmarks.experimental import budget_by_probes_rank_by_window_selection, qkv_with_local_rows
 from zipvl.budget import fixed_budget
 from zipvl.patch import is_enabled, runtime_state
-from zipvl.patch import stats as zipvl_stats
 
 STREAMING_SINK_TOKENS = 4
 SNAPKV_WINDOW = 32
@@ -128,12 +127,8 @@ def sink_and_recent(num_kv_heads: int, ratio: float, keep_last: int,
 
 
 def prefill_stats(model: torch.nn.Module) -> zipvl.ZipVLStats | None:
-    """``zipvl.stats`` of the latest prefill, or ``None`` when the model runs dense.
-
-    Imported from ``zipvl.patch``: once the submodule ``zipvl.stats`` is loaded it
-    shadows the lazily exported function of the same name on the package.
-    """
-    return zipvl_stats(model) if is_enabled(model) else None
+    """``zipvl.stats`` of the latest prefill, or ``None`` when the model runs dense."""
+    return zipvl.stats(model) if is_enabled(model) else None
 
 
 @contextmanager
