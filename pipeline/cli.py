@@ -133,6 +133,18 @@ def _runner_problems(spec: JobSpec, verbose: bool) -> list[str]:
         _fail_unexpected(f"could not check job {spec.name!r}", error, verbose)
 
 
+def _checked_spec(context: click.Context, job_file: str, overrides: tuple[str, ...],
+                  verbose: bool) -> tuple[Any, bool]:
+    """Load and check the job as `validate` and `run` both do; exits on any problem."""
+    verbose = verbose or context.obj["verbose"]
+    _configure_logging(verbose)
+    spec = _load_spec(job_file, overrides)
+    problems = _runner_problems(spec, verbose)
+    if problems:
+        _report_problems(job_file, problems)
+    return spec, verbose
+
+
 def _fail_unexpected(what: str, error: Exception, verbose: bool) -> NoReturn:
     """An error we did not anticipate: one line, or the traceback with --verbose."""
     if verbose:
@@ -209,12 +221,7 @@ def main(context: click.Context, verbose: bool) -> None:
 def validate(context: click.Context, job_file: str, overrides: tuple[str, ...],
              verbose: bool) -> None:
     """Check JOB_FILE, the input schema and the model reference without generating."""
-    verbose = verbose or context.obj["verbose"]
-    _configure_logging(verbose)
-    spec = _load_spec(job_file, overrides)
-    problems = _runner_problems(spec, verbose)
-    if problems:
-        _report_problems(job_file, problems)
+    spec, verbose = _checked_spec(context, job_file, overrides, verbose)
     click.echo(_scrub(f"ok: job {spec.name!r} ({job_file})"))
     for line in _summary(spec):
         click.echo(_scrub(line))
@@ -227,12 +234,7 @@ def validate(context: click.Context, job_file: str, overrides: tuple[str, ...],
 @click.pass_context
 def run(context: click.Context, job_file: str, overrides: tuple[str, ...], verbose: bool) -> None:
     """Run JOB_FILE: validate it, then annotate every input row missing from the output."""
-    verbose = verbose or context.obj["verbose"]
-    _configure_logging(verbose)
-    spec = _load_spec(job_file, overrides)
-    problems = _runner_problems(spec, verbose)
-    if problems:
-        _report_problems(job_file, problems)
+    spec, verbose = _checked_spec(context, job_file, overrides, verbose)
     for line in [f"job {spec.name!r} ({job_file})", *_summary(spec)]:
         click.echo(_scrub(line), err=True)
 

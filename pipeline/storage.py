@@ -354,13 +354,7 @@ def resolved_storage_options(storage_options: StorageOptionsLike = None) -> dict
         resolved["region"] = settings.region
     if settings.force_path_style is not None:
         resolved["force_path_style"] = settings.force_path_style
-    if settings.anonymous:
-        resolved["anonymous"] = True
-    elif settings.access_key is not None:
-        resolved["access_key"] = settings.access_key
-        resolved["secret_key"] = settings.secret_key
-        if settings.session_token:
-            resolved["session_token"] = settings.session_token
+    resolved.update(_credential_fields(settings))
     return resolved
 
 
@@ -381,14 +375,20 @@ def _s3_filesystem(settings: S3Settings) -> pafs.S3FileSystem:
         # pyarrow uses path-style exactly when an endpoint is overridden.
         region = settings.region or "us-east-1"
         kwargs["endpoint_override"] = f"s3.{region}.amazonaws.com"
-    if settings.anonymous:
-        kwargs["anonymous"] = True
-    elif settings.access_key is not None:
-        kwargs["access_key"] = settings.access_key
-        kwargs["secret_key"] = settings.secret_key
-        if settings.session_token:
-            kwargs["session_token"] = settings.session_token
+    kwargs.update(_credential_fields(settings))
     return pafs.S3FileSystem(**kwargs)
+
+
+def _credential_fields(settings: S3Settings) -> dict[str, Any]:
+    """Anonymous access or explicit keys, named as pyarrow's S3FileSystem takes them."""
+    if settings.anonymous:
+        return {"anonymous": True}
+    if settings.access_key is None:
+        return {}
+    fields = {"access_key": settings.access_key, "secret_key": settings.secret_key}
+    if settings.session_token:
+        fields["session_token"] = settings.session_token
+    return fields
 
 
 def _environment_snapshot() -> tuple[tuple[str, str | None], ...]:
