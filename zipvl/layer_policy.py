@@ -3,7 +3,8 @@
 Probes, probe attention, adaptive (or fixed) budget, normalised scores and
 selection, as in ZipVL (He et al., arXiv 2410.08584, Sec. 3.2) and
 ``shared/ZIPVL.md``. Accumulated scores set the budget and normalised scores rank
-the tokens, the pair the paper's Table D found best.
+the tokens, the pair the paper's Table D found best. ``ranking="recent"`` ranks by the recent
+probes alone instead, SnapKV's observation window (Li et al., arXiv 2404.14469).
 """
 
 from __future__ import annotations
@@ -37,7 +38,13 @@ def select_for_layer(query: torch.Tensor, key: torch.Tensor, config: ZipVLConfig
     else:
         budget = adaptive_budget(accumulated_scores(probs), float(num_heads * positions.numel()),
                                  config.tau, config.keep_last)
-    importance = normalized_scores(probs, positions, num_kv_heads)
+    if config.ranking == "recent":
+        # positions is sorted and the recent probes are the last positions of the prompt.
+        num_recent = min(config.num_recent_probes, num_tokens)
+        importance = normalized_scores(probs[:, -num_recent:], positions[-num_recent:],
+                                       num_kv_heads)
+    else:
+        importance = normalized_scores(probs, positions, num_kv_heads)
     if config.score_pooling > 1:
         importance = pool_scores(importance, config.score_pooling)
     kept = select_tokens(importance, budget, config.keep_last, config.selection)

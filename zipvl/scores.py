@@ -65,7 +65,7 @@ def normalized_scores(probs: torch.Tensor, probe_positions: torch.Tensor,
     """
     num_heads, num_probes, num_tokens = probs.shape
     group = num_heads // num_kv_heads
-    summed = probs.view(num_kv_heads, group * num_probes, num_tokens).sum(dim=1,
+    summed = probs.reshape(num_kv_heads, group * num_probes, num_tokens).sum(dim=1,
                                                                           dtype=torch.float32)
     counts = probes_at_or_after(probe_positions, num_tokens).to(torch.float32)
     denominator = (counts * group).clamp_min(1.0)

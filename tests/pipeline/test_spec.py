@@ -220,6 +220,8 @@ def test_bad_tau_in_a_preset_file_names_the_field_and_the_file(tmp_path):
     ({"selection": "best"}, "selection"),
     ({"prefill": "sparse"}, "prefill"),
     ({"score_pooling": 2}, "score_pooling"),
+    ({"ranking": "snapkv"}, "ranking"),
+    ({"ranking": "recent", "num_recent_probes": 0}, "ranking"),
     ({"dense_layers": 3}, "dense_layers"),
     ({"enabled": "no"}, "enabled"),
     ({"enabled": False, "tau": 0.9}, "enabled"),

@@ -149,6 +149,7 @@ def test_all_padding_row_keeps_nothing_and_spoils_nothing(family):
     ("selection", "random"), ("prefill", "sparse"), ("local_window", 0),
     ("dense_layers", (-1,)), ("min_prefill_len", -3), ("recompress_every", -1),
     ("fixed_ratio", 0.0), ("score_pooling", 2), ("backend", "triton"), ("seed", -1),
+    ("ranking", "window"),
 ])
 def test_invalid_config_value_names_the_field(field, value):
     model, _ = build_tiny_model("llama")

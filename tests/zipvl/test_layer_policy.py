@@ -82,7 +82,9 @@ def test_long_sequences_score_with_the_probes_only(num_heads, num_kv_heads):
     accumulated, normalized, num_probes = exact_scores(query, key, scale, num_kv_heads, rows)
     assert budget == smallest_budget(accumulated, num_heads * num_probes, 0.9, 4)
     assert kept.shape == (num_kv_heads, budget)
-    assert torch.equal(kept, select_tokens(normalized, budget, 4, "per_head"))
+    expected = select_tokens(pool_scores(normalized.float(), config.score_pooling), budget, 4,
+                             "per_head")
+    assert torch.equal(kept, expected)
     again, _ = select_for_layer(query, key, config, layer_idx=5, scale=scale)
     assert torch.equal(kept, again)
 
@@ -113,3 +115,29 @@ def test_sequences_shorter_than_keep_last_or_probe_window(num_tokens):
     assert kept.tolist() == [list(range(num_tokens))] * 2
     kept, budget = select_for_layer(query, key, ZipVLConfig(keep_last=0, tau=0.5), 0, 0.25)
     assert 1 <= budget <= num_tokens and kept.shape == (2, budget)
+
+
+@HEADS
+@pytest.mark.parametrize("num_tokens", [40, 200])
+@pytest.mark.parametrize("pooling", [1, 5])
+def test_recent_ranking_ranks_by_the_recent_probes_and_budgets_by_all(
+        num_heads, num_kv_heads, num_tokens, pooling):
+    # 40 tokens: every position is a probe (n <= R + S); 200: recent + random probes.
+    scale = 0.25
+    query, key = random_qk(num_heads, num_kv_heads, num_tokens, seed=num_tokens + pooling)
+    config = ZipVLConfig(tau=0.9, num_recent_probes=12, num_random_probes=30, keep_last=4,
+                         ranking="recent", score_pooling=pooling)
+    kept, budget = select_for_layer(query, key, config, layer_idx=2, scale=scale)
+    rows = probe_positions(num_tokens, 12, 30, config.seed, 2)
+    accumulated, _, num_probes = exact_scores(query, key, scale, num_kv_heads, rows)
+    assert budget == smallest_budget(accumulated, num_heads * num_probes, 0.9, 4)
+    recent_rows = torch.arange(num_tokens - 12, num_tokens)
+    _, recent_normalized, _ = exact_scores(query, key, scale, num_kv_heads, recent_rows)
+    expected = select_tokens(pool_scores(recent_normalized.float(), pooling), budget, 4,
+                             "per_head")
+    assert torch.equal(kept, expected)
+    # The paper's ranking picks a different set from the same budget.
+    paper, paper_budget = select_for_layer(query, key, ZipVLConfig(
+        tau=0.9, num_recent_probes=12, num_random_probes=30, keep_last=4,
+        score_pooling=pooling), layer_idx=2, scale=scale)
+    assert paper_budget == budget and not torch.equal(paper, kept)
