@@ -1,5 +1,4 @@
-"""Two experiments measured beside ZipVL's own modes: ``qkv`` plus a local band, and a
-selection with ZipVL's budget but SnapKV's ranking.
+"""An experiment measured beside ZipVL's own modes: ``qkv`` plus a local band.
 
 ZipVL's ``qkv`` prefill (He et al., arXiv 2410.08584, Sec. 3.3) gives the
 tokens outside the kept set ``T`` a zero attention output in every layer; on
@@ -25,13 +24,7 @@ from contextlib import contextmanager
 import torch
 
 import zipvl.attention
-from zipvl.layer_policy import select_for_layer
-from zipvl.probes import probe_positions
-from zipvl.scores import normalized_scores, pool_scores, probe_attention
-from zipvl.select import select_tokens
 from zipvl.sparse_attention import sparse_prefill_attention
-
-_ORIGINAL_SELECT = select_for_layer
 
 
 def qkv_with_local_rows_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -65,43 +58,3 @@ def qkv_with_local_rows(window: int) -> Iterator[None]:
         yield
     finally:
         zipvl.attention.sparse_prefill_attention = original
-
-
-# ---- selection: ZipVL's adaptive budget, SnapKV's ranking ---------------------------------
-
-
-def budget_by_probes_rank_by_window(query: torch.Tensor, key: torch.Tensor, config,
-                                    layer_idx: int, scale: float, window: int,
-                                    pooling: int) -> tuple[torch.Tensor, int]:
-    """ZipVL's budget (its own probes, recent + random) with SnapKV's ranking.
-
-    The adaptive budget needs the random probes (they see the whole prompt's mass);
-    the ranking, measured on SmolLM2, is better from the recent window alone with
-    max-pooled scores (SnapKV, Li et al., arXiv 2404.14469). Same tensors and pure
-    functions as ``zipvl.layer_policy.select_for_layer``.
-    """
-    _, budget = _ORIGINAL_SELECT(query, key, config, layer_idx, scale)
-    num_tokens, num_kv_heads = key.shape[1], key.shape[0]
-    if budget >= num_tokens:
-        every = torch.arange(num_tokens, device=key.device)
-        return every.expand(num_kv_heads, num_tokens).contiguous(), budget
-    positions = probe_positions(num_tokens, window, 0, config.seed, layer_idx,
-                                device=query.device)
-    probs = probe_attention(query, key, positions, scale)
-    importance = pool_scores(normalized_scores(probs, positions, num_kv_heads), pooling)
-    return select_tokens(importance, budget, config.keep_last, config.selection), budget
-
-
-@contextmanager
-def budget_by_probes_rank_by_window_selection(window: int, pooling: int) -> Iterator[None]:
-    """Inside the block, ZipVL keeps its budget but ranks tokens SnapKV's way."""
-
-    def patched(query, key, config, layer_idx, scale):
-        return budget_by_probes_rank_by_window(query, key, config, layer_idx, scale, window,
-                                               pooling)
-
-    zipvl.attention.select_for_layer = patched
-    try:
-        yield
-    finally:
-        zipvl.attention.select_for_layer = _ORIGINAL_SELECT

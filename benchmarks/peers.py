@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 
 import zipvl
-from benchmarks.experimental import budget_by_probes_rank_by_window_selection, qkv_with_local_rows
+from benchmarks.experimental import qkv_with_local_rows
 from zipvl.budget import fixed_budget
 from zipvl.patch import is_enabled, runtime_state
 
@@ -53,8 +53,6 @@ class Method:
     streaming_ratio: for ``streaming``, the fixed ratio of the sink + recent selection.
     local_rows_window: for ``experimental``, ``prefill="qkv"`` with a local band of this
         many keys for the rows outside the kept set (``experimental.py``).
-    ranking_window: for ``experimental``, ZipVL's adaptive budget with tokens ranked by
-        this many recent probes and SnapKV pooling (``experimental.py``).
     """
 
     name: str
@@ -62,14 +60,12 @@ class Method:
     config: zipvl.ZipVLConfig | None = None
     streaming_ratio: float | None = None
     local_rows_window: int | None = None
-    ranking_window: int | None = None
 
     def describe(self) -> dict:
         return {"name": self.name, "family": self.family,
                 "config": self.config.to_dict() if self.config else None,
                 "streaming_ratio": self.streaming_ratio,
-                "local_rows_window": self.local_rows_window,
-                "ranking_window": self.ranking_window}
+                "local_rows_window": self.local_rows_window}
 
 
 DENSE = Method("dense", "dense")
@@ -101,11 +97,6 @@ def qkv_local_rows_method(name: str, window: int, **fields) -> Method:
     """The experimental ``qkv`` + local band for dropped rows (``experimental.py``)."""
     return Method(name, "experimental", zipvl.ZipVLConfig(prefill="qkv", **fields),
                   local_rows_window=window)
-
-
-def window_ranking_method(name: str, window: int = SNAPKV_WINDOW, **fields) -> Method:
-    """ZipVL's adaptive budget with SnapKV's ranking (``experimental.py``)."""
-    return Method(name, "experimental", zipvl.ZipVLConfig(**fields), ranking_window=window)
 
 
 def _ratio(ratio: float) -> float:
@@ -146,9 +137,6 @@ def applied(model: torch.nn.Module, method: Method) -> Iterator[None]:
         with ExitStack() as stack:
             if method.local_rows_window is not None:
                 stack.enter_context(qkv_with_local_rows(method.local_rows_window))
-            if method.ranking_window is not None:
-                stack.enter_context(budget_by_probes_rank_by_window_selection(
-                    method.ranking_window, SNAPKV_POOLING))
             yield
     finally:
         zipvl.disable(model)
