@@ -21,6 +21,11 @@ import torch.nn.functional as F
 # Queries per chunk in the kv / kv_local path, at least the local window: memory is
 # O(chunk * (p + chunk + window)) per head.
 _MIN_QUERY_CHUNK = 256
+# Queries per chunk in the split CPU path (``_kept_keys_with_band_attention_split``),
+# tuned with ``benchmarks/bench_kernels.py``: smaller chunks shrink the masked part,
+# larger ones give the kernel larger tiles; 128 (x G folded heads) was fastest or tied.
+_SPLIT_QUERY_CHUNK = 128
+_FLASH_CPU_OP = "_scaled_dot_product_flash_attention_for_cpu"
 
 
 def dense_causal_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -58,13 +63,13 @@ def _kept_tokens_attention(query: torch.Tensor, key: torch.Tensor, value: torch.
     return output.view(num_heads, num_tokens, head_dim)
 
 
-def _kept_keys_with_band_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                                   kept: torch.Tensor, local_window: int,
-                                   scale: float) -> torch.Tensor:
-    """Query ``i`` attends to kept keys ``j <= i - w`` plus the causal band ``(i - w, i]``.
+def _kept_keys_with_band_attention_fused_mask(query: torch.Tensor, key: torch.Tensor,
+                                              value: torch.Tensor, kept: torch.Tensor,
+                                              local_window: int, scale: float) -> torch.Tensor:
+    """``_kept_keys_with_band_attention`` as one masked SDPA call per query chunk.
 
-    The two key sets are disjoint by construction, so no key is counted twice, and
-    the band always holds ``i`` itself, so no row is empty. Chunked over queries:
+    The path for non-CPU tensors (no log-sum-exp from SDPA there) and the reference
+    the split CPU path is tested and benchmarked against. Chunked over queries:
     per chunk, one fused SDPA call over the concatenated key sets with a boolean
     mask (measured 2-3x faster on CPU than an explicit matmul + softmax).
     """
@@ -100,6 +105,158 @@ def _kept_keys_with_band_attention(query: torch.Tensor, key: torch.Tensor, value
             attn_mask=allowed.reshape(1, num_heads, num_queries, -1), scale=scale,
             enable_gqa=True)[0]
     return output
+
+
+def _has_flash_with_lse(query: torch.Tensor) -> bool:
+    """Whether the CPU flash-attention op that also returns the log-sum-exp can run here.
+
+    Public SDPA returns no log-sum-exp, and the CUDA kernels behind it take no
+    partial results, so the split path below is CPU-only; the op is private
+    (``aten::_scaled_dot_product_flash_attention_for_cpu``, used as of torch 2.13),
+    hence the ``hasattr`` guard: without it the fused-mask path runs.
+    """
+    return query.device.type == "cpu" and hasattr(torch.ops.aten, _FLASH_CPU_OP)
+
+
+def _attention_with_lse(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                        additive_mask: torch.Tensor | None,
+                        scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """CPU flash attention ``[B, h, q, d]`` and its natural log-sum-exp ``[B, h, q]``.
+
+    ``key``/``value`` carry the same head count as ``query`` (stride-0 expanded views
+    are read in place). Measured on torch 2.13: the op refuses a boolean mask (it takes
+    an additive one of the query dtype), crashes the process (SIGFPE) on zero queries
+    or zero keys, and gives a fully masked row output 0 with log-sum-exp 0, not
+    ``-inf``; callers pass none of those.
+    """
+    operator = getattr(torch.ops.aten, _FLASH_CPU_OP)
+    output, lse = operator(query, key, value, 0.0, False, attn_mask=additive_mask, scale=scale)
+    return output, lse
+
+
+def _merge_partial_attention(output_a: torch.Tensor, lse_a: torch.Tensor,
+                             output_b: torch.Tensor, lse_b: torch.Tensor) -> torch.Tensor:
+    """Attention over the union of two disjoint key sets from each set's output and LSE.
+
+    ``(e^lse_a out_a + e^lse_b out_b) / (e^lse_a + e^lse_b) = lerp(out_b, out_a,
+    sigmoid(lse_a - lse_b))``: the softmax-rescaling identity of FlashAttention (Dao
+    et al., arXiv 2205.14135, Sec. 3.1) in the form that needs no max. Computed in the
+    LSE dtype (float32 for low-precision inputs): the merge adds one rounding.
+    """
+    weight_a = torch.sigmoid(lse_a - lse_b).unsqueeze(-1)
+    return torch.lerp(output_b.to(weight_a.dtype), output_a.to(weight_a.dtype), weight_a)
+
+
+def _band_pattern(num_queries: int, first_query_offset: int, num_keys: int, local_window: int,
+                  dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kept-independent part of a chunk's mask, ``(late [q, L], band [q, L])``.
+
+    Query ``i`` of the chunk sits ``i + first_query_offset`` tokens after key ``0`` of
+    the slice. ``late``: the key is at or before ``i - w`` (allowed iff kept).
+    ``band``: additive ``0`` on the causal band ``(i - w, i]``, ``-inf`` elsewhere.
+    """
+    offset = (torch.arange(num_queries, device=device)[:, None] + first_query_offset
+              - torch.arange(num_keys, device=device)[None, :])
+    late = offset >= local_window
+    band = torch.zeros(offset.shape, dtype=dtype, device=device)
+    band.masked_fill_((offset < 0) | late, float("-inf"))
+    return late, band
+
+
+def _kept_keys_with_band_attention_split(query: torch.Tensor, key: torch.Tensor,
+                                         value: torch.Tensor, kept: torch.Tensor,
+                                         local_window: int, scale: float,
+                                         query_chunk: int = _SPLIT_QUERY_CHUNK) -> torch.Tensor:
+    """CPU path of ``_kept_keys_with_band_attention``: unmasked kept prefix + masked rest.
+
+    The fused-mask path pays for its mask, not for its FLOPs: SDPA turns the boolean
+    ``[H, q, keys]`` mask into a float tensor on every call, and the kept prefix is
+    copied next to the band; the CPU kernel's own mask pass costs only ~7% (measured,
+    torch 2.13, 1 thread, 9 heads x 256 queries x 2400 keys: SDPA 46 ms with a boolean
+    mask, 28 ms with a float one; the op 26 ms with a float mask, 25 ms without). So
+    for queries ``[s, e)`` the keys are split in two disjoint sets:
+
+    * A: kept keys ``j <= s - w``, readable by every query of the chunk: a prefix of
+      the gathered kept keys per KV head (``kept`` is sorted), read without a mask.
+      Prefix lengths differ between KV heads, so A runs once per KV head (its ``G``
+      query heads in one call); a head with an empty prefix skips it.
+    * B: the contiguous key slice ``(s - w, e)``, which holds the band ``(i - w, i]``
+      and every kept key in ``(s - w, i - w]``; masked, never empty (it holds ``i``).
+
+    The two results are merged exactly with their log-sum-exps; the prefix is a view of
+    the keys gathered once, the only mask is ``[Hk, q, q + w - 1]``.
+    """
+    num_heads, num_tokens, head_dim = query.shape
+    num_kv_heads = key.shape[0]
+    group = num_heads // num_kv_heads
+    device = query.device
+    grouped_query = query.view(num_kv_heads, group, num_tokens, head_dim)
+    output = torch.empty_like(grouped_query)
+    kept_keys = _gather_tokens(key, kept)
+    kept_values = _gather_tokens(value, kept)
+    # Additive 0 / -inf per (KV head, position): whether the key is kept.
+    kept_additive = torch.full((num_kv_heads, num_tokens), float("-inf"), dtype=query.dtype,
+                               device=device)
+    kept_additive.scatter_(1, kept, 0.0)
+    starts = list(range(0, num_tokens, query_chunk))
+    # Per chunk and KV head, how many kept keys are <= s - w: the length of part A.
+    boundaries = torch.tensor([start - local_window for start in starts], dtype=kept.dtype,
+                              device=device).expand(num_kv_heads, -1)
+    prefix_lengths = torch.searchsorted(kept.contiguous(), boundaries.contiguous(),
+                                        right=True).T.tolist() if starts else []
+    patterns: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+    for start, prefix_length in zip(starts, prefix_lengths):
+        end = min(start + query_chunk, num_tokens)
+        num_queries = end - start
+        slice_start = max(0, start - local_window + 1)
+        num_keys = end - slice_start
+        chunk_query = grouped_query[:, :, start:end]
+
+        pattern_key = (num_queries, start - slice_start)
+        if pattern_key not in patterns:
+            # Only the first chunks (slice clipped at 0) and the last one differ: build once.
+            patterns[pattern_key] = _band_pattern(num_queries, start - slice_start, num_keys,
+                                                  local_window, query.dtype, device)
+        late, band = patterns[pattern_key]
+        mask = torch.where(late, kept_additive[:, None, slice_start:end], band)
+        shape = (num_kv_heads, group, num_keys, head_dim)
+        output_b, lse_b = _attention_with_lse(
+            chunk_query, key[:, None, slice_start:end].expand(shape),
+            value[:, None, slice_start:end].expand(shape),
+            mask[:, None].expand(num_kv_heads, group, num_queries, num_keys), scale)
+
+        for kv_head, length in enumerate(prefix_length):
+            if length == 0:
+                output[kv_head, :, start:end] = output_b[kv_head]
+                continue
+            # The G query heads of the KV head fold into the query axis (they read the same
+            # keys, unmasked): one call with G * q rows, which the CPU kernel tiles in
+            # larger query blocks than q rows per head (measured ~5% faster at q = 128).
+            output_a, lse_a = _attention_with_lse(
+                chunk_query[kv_head].reshape(1, 1, group * num_queries, head_dim),
+                kept_keys[None, None, kv_head, :length], kept_values[None, None, kv_head, :length],
+                None, scale)
+            output[kv_head, :, start:end] = _merge_partial_attention(
+                output_a.view(group, num_queries, head_dim), lse_a.view(group, num_queries),
+                output_b[kv_head], lse_b[kv_head])
+    return output.view(num_heads, num_tokens, head_dim)
+
+
+def _kept_keys_with_band_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                                   kept: torch.Tensor, local_window: int,
+                                   scale: float) -> torch.Tensor:
+    """Query ``i`` attends to kept keys ``j <= i - w`` plus the causal band ``(i - w, i]``.
+
+    The two key sets are disjoint by construction, so no key is counted twice, and
+    the band always holds ``i`` itself, so no row is empty. On CPU the kept prefix
+    runs unmasked and is merged by log-sum-exp (``_kept_keys_with_band_attention_split``);
+    elsewhere one fused masked SDPA call per query chunk
+    (``_kept_keys_with_band_attention_fused_mask``).
+    """
+    if _has_flash_with_lse(query):
+        return _kept_keys_with_band_attention_split(query, key, value, kept, local_window, scale)
+    return _kept_keys_with_band_attention_fused_mask(query, key, value, kept, local_window,
+                                                     scale)
 
 
 def sparse_prefill_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from zipvl import sparse_attention
 from zipvl.sparse_attention import (
     decode_attention,
     dense_causal_attention,
@@ -160,3 +161,143 @@ def test_decode_attention_matches_batch_size_one(num_heads, num_kv_heads, num_ne
             allowed = torch.arange(length)[None, :] <= new_positions
             probs = torch.softmax(logits.masked_fill(~allowed, float("-inf")), dim=-1)
             torch.testing.assert_close(output[sample, head], probs @ valid_values)
+
+
+# ---- the split CPU path of kv / kv_local against the fused-mask path ---------------------
+
+
+def ragged_kept(num_kv_heads: int, num_tokens: int, budget: int, seed: int = 0) -> torch.Tensor:
+    """Kept rows whose kept-prefix lengths differ widely between KV heads.
+
+    Head 0 keeps the first ``budget`` tokens (long prefixes early), head 1 the last
+    ``budget`` (empty prefixes until late), the others random positions.
+    """
+    budget = min(budget, num_tokens)
+    generator = torch.Generator().manual_seed(seed)
+    rows = [torch.arange(budget), torch.arange(num_tokens - budget, num_tokens)]
+    while len(rows) < num_kv_heads:
+        rows.append(torch.sort(torch.randperm(num_tokens, generator=generator)[:budget]).values)
+    return torch.stack(rows[:num_kv_heads])
+
+
+def kv_naive(query, key, value, kept, local_window, scale):
+    mode = "kv" if local_window == 1 else "kv_local"
+    return naive_prefill(query, key, value, kept, mode, local_window, scale)
+
+
+SPLIT_CASES = pytest.mark.parametrize("num_tokens,budget,local_window,query_chunk", [
+    (150, 60, 8, 16),      # many chunks, n not a multiple of the chunk
+    (150, 60, 1, 16),      # kv mode: the band is the query itself
+    (300, 120, 128, 128),  # the default chunk, band crossing chunk borders
+    (70, 30, 100, 32),     # n smaller than w: no kept prefix ever
+    (61, 61, 5, 16),       # every token kept
+    (61, 0, 5, 16),        # no token kept: the causal band alone
+    (1, 1, 4, 16),
+])
+
+
+@SPLIT_CASES
+@pytest.mark.parametrize("num_heads,num_kv_heads", [(6, 2), (9, 3), (3, 3)])
+def test_split_path_matches_fused_mask_and_naive(num_tokens, budget, local_window, query_chunk,
+                                                 num_heads, num_kv_heads):
+    query, key, value = random_qkv(num_heads, num_kv_heads, num_tokens, seed=budget,
+                                   dtype=torch.float32)
+    kept = ragged_kept(num_kv_heads, num_tokens, budget, seed=num_tokens)
+    scale = 0.4
+    output = sparse_attention._kept_keys_with_band_attention_split(
+        query, key, value, kept, local_window, scale, query_chunk=query_chunk)
+    assert output.dtype == torch.float32 and output.shape == query.shape
+    fused = sparse_attention._kept_keys_with_band_attention_fused_mask(query, key, value, kept,
+                                                                       local_window, scale)
+    torch.testing.assert_close(output, fused, atol=2e-6, rtol=1e-5)
+    expected = kv_naive(query, key, value, kept, local_window, scale)
+    torch.testing.assert_close(output.double(), expected, atol=2e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("local_window,query_chunk", [(8, 16), (1, 32), (128, 128)])
+@pytest.mark.parametrize("num_heads,num_kv_heads", [(6, 2), (3, 3)])
+def test_split_path_low_precision(local_window, query_chunk, num_heads, num_kv_heads):
+    num_tokens = 200
+    query, key, value = random_qkv(num_heads, num_kv_heads, num_tokens, seed=3,
+                                   dtype=torch.bfloat16)
+    kept = ragged_kept(num_kv_heads, num_tokens, 90, seed=4)
+    output = sparse_attention._kept_keys_with_band_attention_split(
+        query, key, value, kept, local_window, 0.35, query_chunk=query_chunk)
+    assert output.dtype == torch.bfloat16
+    expected = kv_naive(query, key, value, kept, local_window, 0.35)
+    # bf16 keeps 8 bits of mantissa: the output and the two partial results are rounded.
+    torch.testing.assert_close(output.double(), expected, atol=2e-2, rtol=2e-2)
+    fused = sparse_attention._kept_keys_with_band_attention_fused_mask(query, key, value, kept,
+                                                                       local_window, 0.35)
+    torch.testing.assert_close(output.double(), fused.double(), atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_split_path_on_random_shapes(seed):
+    """Seeded random sizes, windows, chunks and kept sets (a property check without hypothesis)."""
+    generator = torch.Generator().manual_seed(100 + seed)
+
+    def draw(low: int, high: int) -> int:
+        return int(torch.randint(low, high + 1, (1,), generator=generator))
+
+    num_kv_heads, group = draw(1, 3), draw(1, 3)
+    num_tokens = draw(1, 260)
+    local_window, query_chunk = draw(1, 80), draw(1, 70)
+    rows = []
+    for _ in range(num_kv_heads):
+        # Each head keeps a random prefix-heavy or suffix-heavy share of the tokens.
+        weights = torch.linspace(1.0, 0.05, num_tokens).pow(draw(0, 3))
+        if draw(0, 1):
+            weights = weights.flip(0)
+        rows.append(weights)
+    budget = draw(0, num_tokens)
+    kept = torch.stack([torch.sort(torch.multinomial(row, budget, generator=generator)).values
+                        for row in rows]) if budget else torch.empty(num_kv_heads, 0,
+                                                                      dtype=torch.long)
+    query, key, value = random_qkv(num_kv_heads * group, num_kv_heads, num_tokens, seed=seed)
+    output = sparse_attention._kept_keys_with_band_attention_split(
+        query, key, value, kept, local_window, 0.3, query_chunk=query_chunk)
+    expected = kv_naive(query, key, value, kept, local_window, 0.3)
+    torch.testing.assert_close(output, expected, atol=1e-10, rtol=1e-10)
+
+
+def test_split_path_reads_strided_inputs():
+    """Query, key and value as the transformers layout gives them: ``[n, heads, d]`` transposed."""
+    num_tokens, scale = 140, 0.3
+    query, key, value = random_qkv(6, 2, num_tokens, seed=9, dtype=torch.float32)
+    strided = [tensor.transpose(0, 1).contiguous().transpose(0, 1)
+               for tensor in (query, key, value)]
+    assert not strided[0].is_contiguous()
+    kept = ragged_kept(2, num_tokens, 50)
+    output = sparse_attention._kept_keys_with_band_attention_split(*strided, kept, 16, scale,
+                                                                   query_chunk=32)
+    torch.testing.assert_close(output.double(), kv_naive(query, key, value, kept, 16, scale),
+                               atol=2e-6, rtol=1e-5)
+
+
+def test_cpu_dispatch_takes_the_split_path(monkeypatch):
+    calls = []
+    split = sparse_attention._kept_keys_with_band_attention_split
+
+    def spy(*args, **kwargs):
+        calls.append(args[4])
+        return split(*args, **kwargs)
+
+    monkeypatch.setattr(sparse_attention, "_kept_keys_with_band_attention_split", spy)
+    query, key, value = random_qkv(4, 2, 40, dtype=torch.float32)
+    kept = random_kept(2, 40, 15, 4)
+    sparse_prefill_attention(query, key, value, kept, "kv_local", 6, 0.3)
+    sparse_prefill_attention(query, key, value, kept, "kv", 6, 0.3)
+    assert calls == [6, 1]
+
+
+def test_missing_private_op_falls_back_to_the_fused_mask_path(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the split path ran without its op")
+
+    monkeypatch.setattr(sparse_attention, "_FLASH_CPU_OP", "no_such_op_in_this_torch")
+    monkeypatch.setattr(sparse_attention, "_kept_keys_with_band_attention_split", refuse)
+    query, key, value = random_qkv(6, 2, 90, seed=5)
+    kept = ragged_kept(2, 90, 40)
+    output = sparse_prefill_attention(query, key, value, kept, "kv_local", 7, 0.3)
+    torch.testing.assert_close(output, kv_naive(query, key, value, kept, 7, 0.3))
