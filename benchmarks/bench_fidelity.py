@@ -70,6 +70,10 @@ SELECTION_VARIANTS: dict[str, dict] = {
     "kv_local128+no-pooling": {"prefill": "kv_local", "local_window": 128, "score_pooling": 1},
     "kv_local128+pool5": {"prefill": "kv_local", "local_window": 128, "score_pooling": 5},
     "kv_local128+recent": {"prefill": "kv_local", "local_window": 128, "ranking": "recent"},
+    # SnapKV's own window and pooling (32 recent queries, 5 keys), budget still adaptive.
+    "kv_local128+window32+pool5": {"prefill": "kv_local", "local_window": 128,
+                                   "num_recent_probes": 32, "ranking": "recent",
+                                   "score_pooling": 5},
 }
 # Experimental: qkv with a local band for the dropped rows (experimental.py), by window.
 EXPERIMENTAL_WINDOWS = (32, 128)
