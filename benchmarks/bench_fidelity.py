@@ -14,7 +14,9 @@ On SmolLM2-135M-Instruct (``smollm2.py``) and long natural documents
   dense model's answer, and the common-prefix share.
 * **Mean kept ratio** over layers and documents (``zipvl.stats``).
 
-Methods (``peers.py``): ZipVL adaptive for every prefill mode over a tau sweep;
+Methods (``peers.py``): ZipVL adaptive over a tau sweep (the paper's configuration,
+the default ``kv_local`` 128 and ``dense`` prefill; the other prefill modes and the
+ranking variants at tau 0.975 only);
 then, at the mean budget the adaptive run reached at each tau, the paper's
 fixed-ratio ablation, SnapKV-style and StreamingLLM-style selection, and, when
 ``.cache/kvpress-venv`` exists, NVIDIA kvpress presses (``kvpress_peer.py``, run
