@@ -36,7 +36,7 @@ import torch
 
 import zipvl
 from benchmarks import peers
-from benchmarks.common import log, write_result
+from benchmarks.common import add_threads_option, apply_threads, log, write_result
 from benchmarks.corpus import long_text_ids
 from benchmarks.instrument import Shape
 from benchmarks.smollm2 import load_smollm2
@@ -104,16 +104,14 @@ def parse_args() -> argparse.Namespace:
                         help="skip runs whose dense cache would exceed this")
     parser.add_argument("--prefill", default="kv_local", choices=("qkv", "kv", "kv_local", "dense"))
     parser.add_argument("--local-window", type=int, default=128)
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads (default: torch's choice, one per core)")
+    add_threads_option(parser)
     return parser.parse_args()
 
 
 def main() -> None:
     args = parse_args()
     started = time.perf_counter()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     contexts = tuple(args.contexts or (QUICK_CONTEXTS if args.quick else FULL_CONTEXTS))
     batches = tuple(args.batches or (QUICK_BATCHES if args.quick else FULL_BATCHES))
     steps = args.steps or (8 if args.quick else 16)

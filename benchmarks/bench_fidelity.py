@@ -40,7 +40,7 @@ import torch
 
 import zipvl
 from benchmarks import peers
-from benchmarks.common import log, write_partial, write_result
+from benchmarks.common import add_threads_option, apply_threads, log, write_partial, write_result
 from benchmarks.corpus import TITLE_QUESTION, Document, build_documents
 from benchmarks.metrics import (
     continuation_nll,
@@ -261,16 +261,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--no-variants", action="store_true",
                         help="skip the selection variants (ranking by recent probes, pooling)")
     parser.add_argument("--name", default="fidelity", help="result file name")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads (default: torch's choice, one per core)")
+    add_threads_option(parser)
     return parser.parse_args()
 
 
 def main() -> None:
     args = parse_args()
     started = time.perf_counter()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     quick = args.quick
     documents_count = args.documents or (1 if quick else FULL_DOCUMENTS)
     context_tokens = args.context_tokens or (512 if quick else 1024)

@@ -73,7 +73,7 @@ import zipvl
 from benchmarks import peers
 from benchmarks.bench_decode import prefill as decode_prefill
 from benchmarks.bench_prefill import first_token, flops_of
-from benchmarks.common import log, write_partial, write_result
+from benchmarks.common import add_threads_option, apply_threads, log, write_partial, write_result
 from benchmarks.instrument import Shape, dense_pairs, instrumented
 from zipvl.backends.flash import flash_attention_available
 
@@ -475,8 +475,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--memory-margin-gib", type=float, default=2.0,
                         help="room kept free beyond the cache when deciding a decoding cell fits")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads (default: torch's choice, one per core)")
+    add_threads_option(parser)
     shape = parser.add_argument_group("model shape (default: LLaVA-NeXT-7B's language model)")
     shape.add_argument("--layers", type=int, default=None)
     shape.add_argument("--hidden", type=int, default=None)
@@ -500,8 +499,7 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     started = time.perf_counter()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda but torch sees no CUDA device; "

@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 import torch
 
-from benchmarks.common import log, write_result
+from benchmarks.common import add_threads_option, apply_threads, log, write_result
 from zipvl import sparse_attention
 from zipvl.sparse_attention import (
     _kept_keys_with_band_attention_fused_mask,
@@ -102,8 +102,7 @@ def parse_args() -> argparse.Namespace:
                         help="query chunk sizes of the split kernel (default: the module's)")
     parser.add_argument("--repeats", type=int, default=None,
                         help="timed repetitions per variant (default 3; quick 1)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads (default: torch's choice, one per core)")
+    add_threads_option(parser)
     return parser.parse_args()
 
 
@@ -111,8 +110,7 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     started = time.perf_counter()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     lengths = tuple(args.lengths or (QUICK_LENGTHS if args.quick else FULL_LENGTHS))
     ratios = tuple(args.ratios or (QUICK_RATIOS if args.quick else FULL_RATIOS))
     chunks = list(args.chunks or [sparse_attention._SPLIT_QUERY_CHUNK])

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from benchmarks import peers
-from benchmarks.common import log, write_result
+from benchmarks.common import add_threads_option, apply_threads, log, write_result
 from benchmarks.corpus import long_text_ids
 from benchmarks.instrument import (
     Shape,
@@ -98,8 +98,7 @@ def parse_args() -> argparse.Namespace:
                         help="timed repetitions per variant (default 3, 1 at 8K; quick 1)")
     parser.add_argument("--taus", type=float, nargs="+", default=list(TAUS))
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=sorted(MODES))
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads (default: torch's choice, one per core)")
+    add_threads_option(parser)
     return parser.parse_args()
 
 
@@ -114,8 +113,7 @@ def repeats_for(length: int, requested: int | None, quick: bool) -> int:
 def main() -> None:
     args = parse_args()
     started = time.perf_counter()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     lengths = tuple(args.lengths or (QUICK_LENGTHS if args.quick else FULL_LENGTHS))
     methods = variants(tuple(args.taus), tuple(args.modes))
     model, tokenizer = load_smollm2()

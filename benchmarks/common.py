@@ -10,6 +10,7 @@ dirty), the exact command, and the figures.
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import os
@@ -171,3 +172,15 @@ def timer(into: dict[str, float], key: str) -> Iterator[None]:
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def add_threads_option(parser: argparse.ArgumentParser) -> None:
+    """The ``--threads`` option every benchmark takes."""
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: torch's choice, one per core)")
+
+
+def apply_threads(threads: int | None) -> None:
+    """Set torch's thread count when ``--threads`` was given."""
+    if threads:
+        torch.set_num_threads(threads)
