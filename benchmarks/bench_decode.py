@@ -73,7 +73,7 @@ def decode(model, cache, first_token: torch.Tensor, batch: int, steps: int) -> d
     step_seconds, step_cpu_seconds = [], []
     for _ in range(steps):
         start, cpu_start = time.perf_counter(), time.process_time()
-        output = model(input_ids=tokens, past_key_values=cache, use_cache=True)
+        output = model(input_ids=tokens, use_cache=True, **{zipvl.cache_keyword(model): cache})
         tokens = output.logits[:, -1].argmax(-1, keepdim=True)
         step_seconds.append(time.perf_counter() - start)
         step_cpu_seconds.append(time.process_time() - cpu_start)

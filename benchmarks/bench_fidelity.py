@@ -115,8 +115,8 @@ def read_continuation(model, document: Document) -> tuple[float, np.ndarray | No
     stats = peers.prefill_stats(model)
     kept = stats.kept_ratio[:, 0] if stats is not None else None
     continuation = document.continuation_ids
-    read = model(input_ids=continuation[None, :-1], past_key_values=prefill.past_key_values,
-                 use_cache=True)
+    read = model(input_ids=continuation[None, :-1], use_cache=True,
+                 **{zipvl.cache_keyword(model): prefill.past_key_values})
     return continuation_nll(prefill.logits[0, -1], read.logits[0], continuation), kept
 
 
@@ -125,7 +125,8 @@ def greedy_answer(model, prompt_ids: torch.Tensor, answer_tokens: int) -> tuple[
     output = model.generate(input_ids=prompt_ids, attention_mask=torch.ones_like(prompt_ids),
                             max_new_tokens=answer_tokens, do_sample=False, temperature=None,
                             top_p=None, top_k=None,
-                            pad_token_id=model.generation_config.pad_token_id)
+                            pad_token_id=model.generation_config.pad_token_id,
+                            **zipvl.cache_kwargs(model))
     stats = peers.prefill_stats(model)
     kept = float(stats.kept_ratio.mean()) if stats is not None else None
     return output[0, prompt_ids.shape[1]:].tolist(), kept

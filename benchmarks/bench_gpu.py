@@ -360,12 +360,12 @@ def timed_decode(model, cache, first: torch.Tensor, batch: int, warm_up_steps: i
         cache.batch_repeat_interleave(batch)
     tokens = first.repeat(batch)[:, None]
     for _ in range(warm_up_steps):
-        output = model(input_ids=tokens, past_key_values=cache, use_cache=True)
+        output = model(input_ids=tokens, use_cache=True, **{zipvl.cache_keyword(model): cache})
         tokens = output.logits[:, -1].argmax(-1, keepdim=True)
     sync(device)
     start = time.perf_counter()
     for _ in range(steps):
-        output = model(input_ids=tokens, past_key_values=cache, use_cache=True)
+        output = model(input_ids=tokens, use_cache=True, **{zipvl.cache_keyword(model): cache})
         tokens = output.logits[:, -1].argmax(-1, keepdim=True)
     sync(device)
     seconds = time.perf_counter() - start

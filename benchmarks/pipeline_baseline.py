@@ -230,9 +230,9 @@ def run_plain_loop(
     start = time.perf_counter()
     model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=torch.float32).eval()
     processor = AutoProcessor.from_pretrained(model_path)
-    if zipvl_config is not None:
-        import zipvl
+    import zipvl
 
+    if zipvl_config is not None:
         model = zipvl.enable(model, zipvl.ZipVLConfig.from_dict(zipvl_config))
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
     chat = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -250,7 +250,8 @@ def run_plain_loop(
             inputs = processor(text=[chat] * len(images), images=images, padding=True,
                                padding_side="left", add_special_tokens=False, return_tensors="pt")
             now = step("processor", now)
-            sequences = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+            sequences = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                                       **zipvl.cache_kwargs(model))
             now = step("generate", now)
             new_tokens = sequences[:, inputs["input_ids"].shape[1]:]
             captions += [text.strip() for text in

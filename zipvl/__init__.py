@@ -6,7 +6,8 @@ Token Sparsification", arXiv 2410.08584, ICCV 2025) as specified in
 
     import zipvl
     zipvl.enable(model, zipvl.ZipVLConfig(tau=0.975))
-    output_ids = model.generate(**inputs, max_new_tokens=32)
+    # The explicit cache is optional (the patch swaps one in), and version-proof:
+    output_ids = model.generate(**inputs, **zipvl.cache_kwargs(model), max_new_tokens=32)
     print(zipvl.stats(model).kept_ratio.mean())
     zipvl.disable(model)
 """
@@ -20,7 +21,14 @@ from zipvl.config import ZipVLConfig
 
 if TYPE_CHECKING:
     from zipvl.cache import ZipVLCache
-    from zipvl.patch import SUPPORTED_MODEL_TYPES, disable, enable, stats
+    from zipvl.patch import (
+        SUPPORTED_MODEL_TYPES,
+        cache_keyword,
+        cache_kwargs,
+        disable,
+        enable,
+        stats,
+    )
     from zipvl.statistics import ZipVLStats
 
 # The integration imports transformers (seconds cold); the config alone must stay cheap,
@@ -28,6 +36,8 @@ if TYPE_CHECKING:
 _LAZY = {
     "ZipVLCache": "zipvl.cache",
     "SUPPORTED_MODEL_TYPES": "zipvl.patch",
+    "cache_keyword": "zipvl.patch",
+    "cache_kwargs": "zipvl.patch",
     "disable": "zipvl.patch",
     "enable": "zipvl.patch",
     "stats": "zipvl.patch",
@@ -39,6 +49,8 @@ __all__ = [
     "ZipVLCache",
     "ZipVLConfig",
     "ZipVLStats",
+    "cache_keyword",
+    "cache_kwargs",
     "disable",
     "enable",
     "stats",

@@ -237,7 +237,8 @@ class ZipVLLayer(CacheLayerMixin):
 class ZipVLCache(Cache):
     """A transformers ``Cache`` of ``ZipVLLayer``s, created lazily one per decoder layer.
 
-    Pass it as ``past_key_values=`` or let ``zipvl.enable`` swap it in for the empty
+    Pass it under ``zipvl.cache_keyword(model)`` (``cache`` on transformers 5.24+,
+    ``past_key_values`` before) or let ``zipvl.enable`` swap it in for the empty
     cache ``generate`` creates. ``get_seq_length()`` is the uncompressed length.
     """
 

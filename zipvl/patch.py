@@ -161,6 +161,32 @@ def _attention_modules(decoder: torch.nn.Module, num_layers: int) -> list[torch.
     return modules
 
 
+# The cache argument of a model's ``forward``: transformers 5.24 renamed
+# ``past_key_values`` to ``cache`` (the old name stays a deprecated alias until 5.40).
+_CACHE_ARGUMENT_NAMES = ("cache", "past_key_values")
+
+
+def cache_keyword(model: torch.nn.Module) -> str:
+    """The keyword ``model.forward`` (and ``generate``) takes its KV cache by.
+
+    Read from the signature, not from the transformers version: ``cache`` on 5.24+,
+    ``past_key_values`` before. Pass a ``ZipVLCache`` under it to ``generate`` so
+    generation does not depend on the decoder hook swapping one in.
+    """
+    names = inspect.signature(model.forward).parameters
+    for name in _CACHE_ARGUMENT_NAMES:
+        if name in names:
+            return name
+    raise ValueError(f"{type(model).__name__}.forward takes no cache argument "
+                     f"(looked for {', '.join(_CACHE_ARGUMENT_NAMES)})")
+
+
+def cache_kwargs(model: torch.nn.Module) -> dict[str, Any]:
+    """``{cache_keyword(model): ZipVLCache()}`` for a patched model, ``{}`` for another:
+    ``model.generate(**inputs, **zipvl.cache_kwargs(model))`` on every supported version."""
+    return {cache_keyword(model): ZipVLCache()} if is_enabled(model) else {}
+
+
 def _parameter_names(module: torch.nn.Module) -> list[str]:
     return [name for name, parameter in inspect.signature(module.forward).parameters.items()
             if parameter.kind in (parameter.POSITIONAL_ONLY, parameter.POSITIONAL_OR_KEYWORD)]
@@ -174,10 +200,30 @@ def _argument(name: str, names: list[str], args: tuple, kwargs: dict) -> Any:
     return None
 
 
+def _cache_argument(names: list[str], args: tuple, kwargs: dict) -> tuple[str, Any]:
+    """Where the caller put the cache (either name; a caller may still use the deprecated
+    one, which transformers renames after this hook) and its value."""
+    for name in _CACHE_ARGUMENT_NAMES:
+        value = _argument(name, names, args, kwargs)
+        if value is not None:
+            return name, value
+    canonical = next((name for name in _CACHE_ARGUMENT_NAMES if name in names), "past_key_values")
+    return canonical, None
+
+
+def _with_argument(name: str, value: Any, names: list[str], args: tuple,
+                   kwargs: dict) -> tuple[tuple, dict]:
+    if name not in kwargs and name in names and names.index(name) < len(args):
+        args = list(args)
+        args[names.index(name)] = value
+        return tuple(args), kwargs
+    return args, {**kwargs, name: value}
+
+
 def _before_decoder_forward(state: ZipVLState, names: list[str], module: torch.nn.Module,
                             args: tuple, kwargs: dict) -> tuple[tuple, dict]:
     """Start a prefill record and swap an empty non-ZipVL cache for a ``ZipVLCache``."""
-    cache = _argument("past_key_values", names, args, kwargs)
+    cache_name, cache = _cache_argument(names, args, kwargs)
     use_cache = _argument("use_cache", names, args, kwargs)
     if use_cache is None:
         use_cache = getattr(module.config, "use_cache", True)
@@ -193,12 +239,7 @@ def _before_decoder_forward(state: ZipVLState, names: list[str], module: torch.n
         state.begin_prefill()
         if use_cache and not isinstance(cache, ZipVLCache):
             cache = ZipVLCache()
-            if "past_key_values" in names and names.index("past_key_values") < len(args):
-                args = list(args)
-                args[names.index("past_key_values")] = cache
-                args = tuple(args)
-            else:
-                kwargs["past_key_values"] = cache
+            args, kwargs = _with_argument(cache_name, cache, names, args, kwargs)
     elif not isinstance(cache, ZipVLCache):
         raise ValueError(f"ZipVL can only continue from a ZipVLCache, got a non-empty "
                          f"{type(cache).__name__}")

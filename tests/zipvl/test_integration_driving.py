@@ -1,0 +1,135 @@
+"""The two ways users drive a patched model, on every supported transformers version.
+
+transformers 5.24 renamed the cache argument ``past_key_values`` to ``cache`` (the
+old name stays a deprecated alias until 5.40). ZipVL must not care: ``generate``
+with or without an explicit ``ZipVLCache``, and a hand-written loop as lm-eval and
+kvpress write it (a ``use_cache=True`` prefill, then one token at a time with the
+returned cache and explicit ``position_ids``), passing the cache under either name.
+
+References: the unpatched model's greedy tokens (ZipVL at ``tau=1.0`` keeps every
+token, so it must reproduce them exactly), and ``generate``'s own tokens for the
+compressed model (a manual loop over the same compressed cache must agree).
+CI runs this file on the lowest and the newest supported transformers.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+import transformers
+from packaging.version import Version
+
+import zipvl
+from zipvl.testing import VISION_FAMILIES, build_inputs, build_tiny_model, make_test_image
+
+WORDS = ("rivers carry small stones down from the mountains to the sea where waves "
+         "break them into sand over many long years").split()
+NEW_TOKENS = 5
+COMPRESSING = zipvl.ZipVLConfig(tau=0.85)
+EXACT = zipvl.ZipVLConfig(tau=1.0)
+# Families whose text positions are plain 1-D ids. Qwen-VL's M-RoPE ids are 4-D and
+# model-specific, so its loop passes neither ids nor a mask, one sample (no padding):
+# the model derives each step's positions from the cache length and its rope_deltas.
+POSITION_ID_FAMILIES = ("llama", "mistral", "qwen2", "llava", "llava_next")
+ALL_FAMILIES = (*POSITION_ID_FAMILIES, "qwen2_vl", "qwen2_5_vl")
+
+
+def _ragged_batch(family, processor, word_counts=(150, 120)):
+    rng = random.Random(5)
+    prompts = [" ".join(rng.choice(WORDS) for _ in range(count)) for count in word_counts]
+    images = None
+    if family in VISION_FAMILIES:
+        images = [[make_test_image(41 + sample)] for sample in range(len(prompts))]
+    return build_inputs(processor, family, prompts, images)
+
+
+@torch.no_grad()
+def _generate(model, inputs, explicit_cache: bool) -> torch.Tensor:
+    extra = zipvl.cache_kwargs(model) if explicit_cache else {}
+    sequences = model.generate(**inputs, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS,
+                               do_sample=False, **extra)
+    return sequences[:, inputs["input_ids"].shape[1]:]
+
+
+@torch.no_grad()
+def _manual_loop(model, inputs, cache_name: str, explicit_positions: bool) -> torch.Tensor:
+    """Greedy tokens from a prefill then single-token steps, the cache passed as `cache_name`."""
+    attention_mask = inputs["attention_mask"]
+    prefill_inputs = dict(inputs)
+    if explicit_positions:
+        # Left padding: positions count a sample's real tokens (padding sits at 0).
+        prefill_inputs["position_ids"] = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    prefill = model(**prefill_inputs, use_cache=True)
+    cache = prefill.past_key_values
+    assert isinstance(cache, zipvl.ZipVLCache) == zipvl.patch.is_enabled(model)
+    token = prefill.logits[:, -1:].argmax(-1)
+    next_position = attention_mask.sum(-1, keepdim=True)
+    generated = [token]
+    for _ in range(NEW_TOKENS - 1):
+        step_inputs = {"input_ids": token, "use_cache": True, cache_name: cache}
+        if explicit_positions:
+            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(token), 1)], -1)
+            step_inputs.update(attention_mask=attention_mask, position_ids=next_position)
+        step = model(**step_inputs)
+        cache = step.past_key_values
+        token = step.logits[:, -1:].argmax(-1)
+        next_position = next_position + 1
+        generated.append(token)
+    return torch.cat(generated, -1)
+
+
+def test_cache_keyword_is_the_forward_argument_of_this_transformers():
+    model, _ = build_tiny_model("llama")
+    renamed = Version(transformers.__version__) >= Version("5.24.0.dev0")
+    assert zipvl.cache_keyword(model) == ("cache" if renamed else "past_key_values")
+    assert zipvl.cache_kwargs(model) == {}  # unpatched: nothing to hand over
+    zipvl.enable(model, EXACT)
+    try:
+        (name, cache), = zipvl.cache_kwargs(model).items()
+        assert name == zipvl.cache_keyword(model) and isinstance(cache, zipvl.ZipVLCache)
+    finally:
+        zipvl.disable(model)
+
+
+@pytest.mark.parametrize("family", ALL_FAMILIES)
+def test_generate_with_and_without_an_explicit_cache(family):
+    model, processor = build_tiny_model(family)
+    inputs = _ragged_batch(family, processor)
+    dense = _generate(model, inputs, explicit_cache=False)
+    zipvl.enable(model, EXACT)
+    try:
+        exact_hooked = _generate(model, inputs, explicit_cache=False)
+        exact_explicit = _generate(model, inputs, explicit_cache=True)
+        zipvl.enable(model, COMPRESSING)
+        hooked = _generate(model, inputs, explicit_cache=False)
+        assert (zipvl.stats(model).kept_tokens < zipvl.stats(model).prompt_tokens).any()
+        explicit = _generate(model, inputs, explicit_cache=True)
+    finally:
+        zipvl.disable(model)
+    assert torch.equal(exact_hooked, dense)
+    assert torch.equal(exact_explicit, dense)
+    assert torch.equal(explicit, hooked)
+
+
+@pytest.mark.parametrize("cache_name", ["keyword", "past_key_values"])
+@pytest.mark.parametrize("family", ALL_FAMILIES)
+def test_manual_loop_matches_generate(family, cache_name):
+    model, processor = build_tiny_model(family)
+    explicit_positions = family in POSITION_ID_FAMILIES
+    inputs = _ragged_batch(family, processor, (150, 120) if explicit_positions else (150,))
+    name = zipvl.cache_keyword(model) if cache_name == "keyword" else cache_name
+    dense = _generate(model, inputs, explicit_cache=False)
+    assert torch.equal(_manual_loop(model, inputs, name, explicit_positions), dense)
+    zipvl.enable(model, EXACT)
+    try:
+        exact = _manual_loop(model, inputs, name, explicit_positions)
+        zipvl.enable(model, COMPRESSING)
+        compressed_generate = _generate(model, inputs, explicit_cache=True)
+        compressed = _manual_loop(model, inputs, name, explicit_positions)
+        assert (zipvl.stats(model).kept_tokens < zipvl.stats(model).prompt_tokens).any()
+    finally:
+        zipvl.disable(model)
+    assert torch.equal(exact, dense)
+    assert torch.equal(compressed, compressed_generate)
