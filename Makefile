@@ -1,41 +1,78 @@
 # Two entry points, each doing all of its own set-up on a fresh machine:
-#   make demo   -> environment + the embedded default job
-#   make test   -> environment + the test suite
+#   make demo   -> environment + the embedded default job, then a check of its rows
+#   make test   -> environment + the test suite, then the ZipVL integration tests again
+#                  on the lowest supported transformers (what CI runs)
+# Every install goes through constraints.txt (the tested set); `make lock` re-resolves it.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+CONSTRAINTS := constraints.txt
 # CPU torch is installed first where no NVIDIA GPU is present: an unpinned torch
 # would pull a multi-GB CUDA build. Override TORCH_SPEC / TORCH_INDEX if needed,
 # e.g. TORCH_INDEX=https://download.pytorch.org/whl/cpu on a machine without a local wheel.
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 STAMP := $(VENV)/.installed
+# The lowest transformers pyproject.toml admits, read from it (one source of truth).
+TRANSFORMERS_LOWEST := $(shell sed -n 's/^ *"transformers>=\([0-9.]*\),.*/\1/p' pyproject.toml)
+LOWEST_VENV ?= .venv-transformers-$(TRANSFORMERS_LOWEST)
+LOWEST_STAMP := $(LOWEST_VENV)/.installed
 
-.PHONY: demo test lint bench-quick clean
+.PHONY: demo test test-lowest lint lock bench-quick clean
 
-$(STAMP): pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	if command -v nvidia-smi >/dev/null 2>&1; then \
-	  $(PY) -m pip install -q "$(TORCH_SPEC)"; \
-	else \
-	  $(PY) -m pip install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),); \
-	fi
-	$(PY) -m pip install -q -e ".[test]"
+# $(1): venv folder, $(2): constraints file, $(3): extra requirements
+define install_venv
+	test -x $(1)/bin/python || $(PYTHON) -m venv $(1)
+	$(1)/bin/python -m pip install -q --upgrade pip
+	$(1)/bin/python -m pip install -q -c $(2) "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
+	$(1)/bin/python -m pip install -q -c $(2) -e ".[test]" $(3)
+endef
+
+$(STAMP): pyproject.toml $(CONSTRAINTS)
+	$(call install_venv,$(VENV),$(CONSTRAINTS),)
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/zipvl-batch run jobs/captions.yaml
+	$(PY) -m pipeline.demo_check output/captions
 
 # One torch thread per process in tests: Ray workers and the test process share the
 # cores, and the tiny models are overhead-bound, so more threads only oversubscribe.
 test: $(STAMP)
 	$(VENV)/bin/ruff check zipvl pipeline tests benchmarks
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider tests
+	$(MAKE) test-lowest
+
+# The lower bound of the transformers range, tested: the same constraints with only
+# transformers moved down, and the ZipVL integration tests run on it.
+$(LOWEST_STAMP): pyproject.toml $(CONSTRAINTS)
+	test -x $(LOWEST_VENV)/bin/python || $(PYTHON) -m venv $(LOWEST_VENV)
+	grep -v '^transformers==' $(CONSTRAINTS) > $(LOWEST_VENV)/constraints.txt
+	$(call install_venv,$(LOWEST_VENV),$(LOWEST_VENV)/constraints.txt,"transformers==$(TRANSFORMERS_LOWEST)")
+	touch $(LOWEST_STAMP)
+
+test-lowest: $(LOWEST_STAMP)
+	$(LOWEST_VENV)/bin/python -c "import transformers; assert transformers.__version__ == '$(TRANSFORMERS_LOWEST)', transformers.__version__"
+	OMP_NUM_THREADS=1 $(LOWEST_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/zipvl tests/zipvl_testing
+
+# Re-resolve constraints.txt: the newest versions pyproject.toml admits, in a fresh venv.
+# torch's local label (+cpu) is dropped so the same pin takes a CUDA build on a GPU
+# machine. Then run `make test` before committing the new lock.
+lock:
+	rm -rf .venv-lock
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install -q --upgrade pip
+	.venv-lock/bin/python -m pip install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
+	.venv-lock/bin/python -m pip install -q -e ".[test]"
+	{ echo "# The tested set: every runtime and test dependency, pinned. Installs use it"; \
+	  echo "# (pip install -c constraints.txt ...); regenerate with \`make lock\`."; \
+	  .venv-lock/bin/python -m pip freeze --all --exclude-editable | grep -v '^zipvl-batch\|^pip==' \
+	  | sed 's/^\(torch==[0-9.]*\)+.*/\1/'; } > $(CONSTRAINTS)
+	rm -rf .venv-lock
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check zipvl pipeline tests benchmarks
 
 clean:
-	rm -rf $(VENV) output runs .cache
+	rm -rf $(VENV) $(LOWEST_VENV) output runs .cache

@@ -1,11 +1,12 @@
 """Find and read the shipped presets: ``configs/models/*.yaml`` and ``configs/zipvl/*.yaml``.
 
 A preset value in a job file is either a name (the file name without ``.yaml``, looked
-up in the project's ``configs/`` folder) or a path to a YAML file (anything ending in
-``.yaml``/``.yml`` or containing a path separator; relative paths resolve against the
-current directory). The ``configs/`` folder is found beside the package (the checkout
-this project is installed from in editable mode); ``ZIPVL_BATCH_CONFIGS`` points
-elsewhere, e.g. for a non-editable install.
+up in the shipped presets) or a path to a YAML file (anything ending in ``.yaml``/``.yml``
+or containing a path separator; relative paths resolve against the current directory).
+The presets ship inside the package (``pipeline/configs/``, package data; the
+checkout's top-level ``configs/`` links to it), so they are found the same way from an
+editable or a plain install and from any working directory; ``ZIPVL_BATCH_CONFIGS``
+points at another folder of the same layout.
 
 Model presets (``configs/models/NAME.yaml``), validated with :class:`ModelPreset`:
 either ``tiny: <family>`` (a tiny random-weight model built offline by
@@ -72,10 +73,7 @@ def configs_dir() -> Path:
     override = os.environ.get(CONFIGS_ENV)
     if override:
         return Path(override).expanduser().resolve()
-    beside_package = Path(__file__).resolve().parent.parent / "configs"
-    if beside_package.is_dir():
-        return beside_package
-    return Path.cwd() / "configs"
+    return Path(__file__).resolve().parent / "configs"
 
 
 def preset_names(kind: PresetKind) -> list[str]:
