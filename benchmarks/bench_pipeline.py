@@ -358,7 +358,7 @@ def run_pipeline(model: str, model_path: Path, data: Path, rows: int, settings: 
         run = _run_process(command, env, work_dir / f"{tag}.log")
     finally:
         shutil.rmtree(ray_dir, ignore_errors=True)
-    report = json.loads((output / "_report.json").read_text())
+    report = json.loads((output / ".zipvl" / "report.json").read_text())
     figures = (analyse_pipeline_records(_read_records(timing_dir), run["started"], run["ended"], rows,
                                         report["wall_time_seconds"])
                if timers else {"model_busy_fraction": None, "steady_rows_per_second": None})

@@ -4,9 +4,11 @@
     zipvl-batch validate JOB.yaml [--set key.path=value ...] [--verbose]
 
 Exit codes: 0 the job finished (rows that failed are error rows in the output, not a
-failure of the job) or the job file is valid; 1 the job could not run or finish;
-2 the job file is invalid (the message on stderr names the field); 130 interrupted
-(rerunning the same command resumes).
+failure of the job) or the job file is valid; 1 the job could not run or finish (a
+system fault such as a failing ``generate``: the rows it hit are not written, and
+rerunning resumes); 2 the job file is invalid (the message on stderr names the field);
+3 more than ``output.max_error_fraction`` of the rows are error rows (the rows are
+written); 130 interrupted (rerunning the same command resumes).
 
 Heavy modules (the spec pulls in the ZipVL config, the runner pulls in Ray and torch)
 are imported inside the commands so ``zipvl-batch --help`` answers at once. Nothing
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_BAD_JOB = 2
+EXIT_TOO_MANY_ERRORS = 3
 EXIT_INTERRUPTED = 130
 
 _SECRET_ENVIRONMENT = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
@@ -239,13 +242,16 @@ def run(context: click.Context, job_file: str, overrides: tuple[str, ...], verbo
         click.echo(_scrub(line), err=True)
 
     from pipeline import runner
-    from pipeline.errors import JobError, SpecError
+    from pipeline.errors import JobError, SpecError, TooManyErrors
 
     try:
         report = runner.run_job(spec, job_file=str(Path(job_file).resolve()))
     except SpecError as error:
         _echo_error(f"invalid job file {job_file}:\n  {error}")
         _exit(EXIT_BAD_JOB)
+    except TooManyErrors as error:
+        _echo_error(f"job {spec.name!r} failed: {error}")
+        _exit(EXIT_TOO_MANY_ERRORS)
     except JobError as error:
         if verbose:
             _echo_error(traceback.format_exc())
@@ -271,6 +277,9 @@ def _result_lines(spec: JobSpec, report: dict[str, Any]) -> list[str]:
     counts = report.get("counts")
     if isinstance(counts, dict) and counts:
         lines.append("  rows:   " + ", ".join(f"{name} {value}" for name, value in counts.items()))
+    kinds = report.get("errors_by_kind")
+    if isinstance(kinds, dict) and kinds:
+        lines.append("  errors: " + ", ".join(f"{kind} {count}" for kind, count in kinds.items()))
     return lines
 
 

@@ -21,3 +21,29 @@ class SpecError(JobError):
     def __init__(self, problems: str | list[str]) -> None:
         self.problems: list[str] = [problems] if isinstance(problems, str) else list(problems)
         super().__init__("\n".join(self.problems))
+
+
+class SystemFault(Exception):
+    """Generation failed for a reason that is not the row's: a CUDA or driver error,
+    out-of-memory at batch size 1, an internal error of the model or of ZipVL.
+
+    Raised inside a generate actor, it fails the Ray Data pipeline, so the rows of the
+    batch are never written: the job stops with exit 1 and a rerun does them. Writing
+    them as finished error rows would hide a broken system behind a "successful" job.
+    """
+
+
+class TooManyErrors(JobError):
+    """More than ``output.max_error_fraction`` of the job's rows are error rows (exit 3)."""
+
+
+# What was wrong with a row, in the output's ``error_kind`` column. The row's own
+# fault, every one: a broken system is a ``SystemFault``, never an error row.
+ERROR_KINDS = {
+    "media": "the image or video cell could not be read or decoded",
+    "missing_media": "the file or object a media path names does not exist",
+    "bad_id": "the id cell is empty",
+    "prompt": "the row cannot be made into a prompt (e.g. an empty question)",
+    "preprocess": "the model's processor refused the row's media or text",
+    "too_long": "the prompt plus max_new_tokens exceeds the model's context",
+}

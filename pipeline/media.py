@@ -27,7 +27,17 @@ _PREVIEW_BYTES = 16
 
 
 class MediaError(Exception):
-    """A media cell could not be read or decoded; the message says why."""
+    """A media cell could not be read or decoded; the message says why.
+
+    ``kind`` is the row's ``error_kind`` (``pipeline.errors.ERROR_KINDS``).
+    """
+
+    def __init__(self, message: str, kind: str = "media") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+    def __reduce__(self) -> tuple:
+        return type(self), (str(self), self.kind)
 
 
 @dataclass(frozen=True)
@@ -53,9 +63,10 @@ class MediaReader:
                     return stream.read()
             options = dict(self.storage_options) if self.storage_options else None
             return read_bytes(location, options)
-        except FileNotFoundError:
-            raise MediaError(f"media file not found: {location}") from None
         except Exception as error:
+            # pipeline.storage wraps a missing file in its own StorageError.
+            if isinstance(error, FileNotFoundError) or isinstance(error.__cause__, FileNotFoundError):
+                raise MediaError(f"media file not found: {location}", kind="missing_media") from None
             raise MediaError(f"cannot read media file {location}: {error}") from None
 
 

@@ -5,9 +5,11 @@ offline and saves; it is then loaded with ``from_pretrained`` exactly like a
 hub id or a local checkpoint, so the demo exercises the same code path as a
 real model. ``trust_remote_code`` is passed only when the job asks for it.
 
-A batch is generated together (left padding, one ``generate`` call). If that
-call fails, every row is retried alone so that only the row that really fails
-becomes an error row.
+A batch is generated together (left padding, one ``generate`` call). A row's own
+faults (its media refused by the processor, a prompt too long for the context) are
+found before generating and become error rows; a failure of ``generate`` itself is
+the system's (``SystemFault``): it stops the job rather than being written as
+finished error rows.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from transformers import BatchFeature
 
+from pipeline.errors import SystemFault
 from pipeline.prompts import build_model_inputs, limit_image_tokens
 
 logger = logging.getLogger(__name__)
@@ -47,6 +51,7 @@ class RowResult:
 
     output: str | None = None
     error: str | None = None
+    error_kind: str | None = None  # one of pipeline.errors.ERROR_KINDS when error is set
     prompt_tokens: int | None = None
     output_tokens: int | None = None
     kept_ratio: float | None = None
@@ -136,33 +141,93 @@ def generate_rows(
     images: Sequence[Sequence[Image.Image]],
     generation: GenerationSettings,
 ) -> list[RowResult]:
-    """Generate for a batch; on failure, retry row by row so one bad row cannot sink the batch."""
-    if not texts:
-        return []
-    try:
-        return _generate_batch(loaded, texts, images, generation)
-    except Exception as error:
-        if len(texts) == 1:
-            return [RowResult(error=_describe(error))]
-        logger.warning("batch of %d failed (%s); retrying row by row", len(texts), _describe(error))
-    results = []
-    for text, row_images in zip(texts, images):
-        _release_memory(loaded.device)
+    """Generate for a batch of rows, one ``RowResult`` per row, in order.
+
+    Row faults become error rows, found before anything is generated: the processor
+    refusing a row (``preprocess``) and a prompt that leaves no room for
+    ``max_new_tokens`` in the model's context (``too_long``). Everything that fails
+    after that is the system's: ``SystemFault`` is raised and no row of the batch is
+    answered. Out of memory is retried one row at a time first.
+    """
+    results: list[RowResult | None] = [None] * len(texts)
+    rows, inputs = _admissible_rows(loaded, texts, images, generation, results)
+    if rows:
         try:
-            results.extend(_generate_batch(loaded, [text], [row_images], generation))
-        except Exception as error:
-            results.append(RowResult(error=_describe(error)))
-    return results
+            answers = _generate_or_fault(loaded, inputs, generation)
+        except torch.OutOfMemoryError:
+            logger.warning("batch of %d ran out of memory; retrying one row at a time", len(rows))
+            answers = []
+            for row in rows:
+                _release_memory(loaded.device)
+                single = build_model_inputs(loaded.processor, [texts[row]], [images[row]])
+                answers.extend(_generate_or_fault(loaded, single, generation))
+        for row, answer in zip(rows, answers):
+            results[row] = answer
+    assert all(result is not None for result in results)
+    return results  # type: ignore[return-value]
+
+
+def _admissible_rows(loaded: LoadedModel, texts: Sequence[str],
+                     images: Sequence[Sequence[Image.Image]], generation: GenerationSettings,
+                     results: list[RowResult | None]) -> tuple[list[int], BatchFeature | None]:
+    """The rows fit to generate and their model inputs; the others get their error row
+    in `results`. The processor runs once per batch unless a row has to be dropped."""
+    rows = list(range(len(texts)))
+    inputs = None
+    try:
+        inputs = build_model_inputs(loaded.processor, texts, images) if rows else None
+    except Exception:
+        for row in list(rows):  # which row did the processor refuse? Ask one at a time.
+            try:
+                build_model_inputs(loaded.processor, [texts[row]], [images[row]])
+            except Exception as error:
+                results[row] = RowResult(error=_describe("the processor refused the row", error),
+                                         error_kind="preprocess")
+                rows.remove(row)
+        if len(rows) == len(texts):  # every row passes alone: the failure is not theirs
+            raise
+    context = context_length(loaded.model)
+    if inputs is not None and context is not None:
+        prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
+        for row, tokens in zip(list(rows), prompt_tokens):
+            if tokens + generation.max_new_tokens > context:
+                results[row] = RowResult(
+                    error=f"the prompt has {tokens} tokens; with max_new_tokens "
+                          f"{generation.max_new_tokens} that exceeds the model's context of "
+                          f"{context}", error_kind="too_long", prompt_tokens=int(tokens))
+                rows.remove(row)
+    if rows and (inputs is None or len(rows) < len(texts)):
+        inputs = build_model_inputs(loaded.processor, [texts[i] for i in rows],
+                                    [images[i] for i in rows])
+    return rows, inputs
+
+
+def context_length(model: Any) -> int | None:
+    """The language model's maximum positions (None when its config does not say)."""
+    text_config = model.config.get_text_config(decoder=True)
+    return getattr(text_config, "max_position_embeddings", None)
+
+
+def _generate_or_fault(loaded: LoadedModel, inputs: BatchFeature,
+                       generation: GenerationSettings) -> list[RowResult]:
+    """``_generate_batch``; any failure is a ``SystemFault``, except out-of-memory on more
+    than one row, which the caller retries one row at a time."""
+    batch = int(inputs["input_ids"].shape[0])
+    try:
+        return _generate_batch(loaded, inputs, generation)
+    except torch.OutOfMemoryError as error:
+        if batch > 1:
+            raise
+        raise SystemFault(_describe("out of memory at batch size 1", error)) from error
+    except Exception as error:
+        raise SystemFault(_describe(f"generation failed for a batch of {batch} row(s), "
+                                    "which is not the rows' fault", error)) from error
 
 
 @torch.inference_mode()
-def _generate_batch(
-    loaded: LoadedModel,
-    texts: Sequence[str],
-    images: Sequence[Sequence[Image.Image]],
-    generation: GenerationSettings,
-) -> list[RowResult]:
-    inputs = build_model_inputs(loaded.processor, texts, images).to(loaded.device)
+def _generate_batch(loaded: LoadedModel, inputs: BatchFeature,
+                    generation: GenerationSettings) -> list[RowResult]:
+    inputs = inputs.to(loaded.device)
     if "pixel_values" in inputs and inputs["pixel_values"].is_floating_point():
         inputs["pixel_values"] = inputs["pixel_values"].to(loaded.model.dtype)
     tokenizer = loaded.processor.tokenizer
@@ -172,12 +237,17 @@ def _generate_batch(
         torch.manual_seed(generation.seed)
     if loaded.model.generation_config.pad_token_id is None and tokenizer.pad_token_id is not None:
         kwargs["pad_token_id"] = tokenizer.pad_token_id
+    if loaded.zipvl_enabled:
+        import zipvl
+
+        # Handed over explicitly so generation never depends on the decoder hook.
+        kwargs.update(zipvl.cache_kwargs(loaded.model))
     sequences = loaded.model.generate(**inputs, **kwargs)
     prompt_length = inputs["input_ids"].shape[1]
     new_tokens = sequences[:, prompt_length:].cpu()
     prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
     stop_ids = _stop_token_ids(loaded.model.generation_config, tokenizer)
-    kept_per_layer = _kept_ratio_per_layer(loaded, len(texts))
+    kept_per_layer = _kept_ratio_per_layer(loaded, len(prompt_tokens))
     results = []
     for row, row_tokens in enumerate(new_tokens.tolist()):
         length = _generated_length(row_tokens, stop_ids)
@@ -232,9 +302,9 @@ def _hub_kwargs(settings: Any) -> dict[str, Any]:
     return kwargs
 
 
-def _describe(error: BaseException) -> str:
+def _describe(what: str, error: BaseException) -> str:
     message = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    return f"generation failed: {type(error).__name__}: {message}"[:500]
+    return f"{what}: {type(error).__name__}: {message}"[:500]
 
 
 def _release_memory(device: torch.device) -> None:

@@ -4,9 +4,10 @@ A job's output is a folder (local or ``s3://``) of Parquet shards named
 ``part-<run id>-<sequence>.parquet``. A shard is never visible half written:
 locally it is written to ``.<name>.tmp`` and renamed into place (a rename is
 atomic within a file system); on S3 it is one object, which S3 makes visible
-only once the upload completes. Readers (pyarrow, pandas, Ray, Spark) skip
-names that start with ``.`` or ``_``, so the temporary files and
-``_report.json`` never disturb them. Run ids make shard names unique, so a
+only once the upload completes. Readers skip names that start with ``.``
+(pyarrow, pandas, Ray, Spark and Hugging Face ``datasets`` all do; ``datasets``
+does not skip ``_``), so the temporary files and the run metadata in ``.zipvl/``
+never disturb them; DuckDB and Polars read what a ``*.parquet`` glob names. Run ids make shard names unique, so a
 resumed run only ever adds files.
 """
 
@@ -16,10 +17,13 @@ import json
 import posixpath
 import secrets
 import time
+from collections import Counter
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -31,6 +35,7 @@ OUTPUT_SCHEMA = pa.schema(
         pa.field("output", pa.string()),
         pa.field("status", pa.string(), nullable=False),
         pa.field("error", pa.string()),
+        pa.field("error_kind", pa.string()),
         pa.field("prompt_tokens", pa.int32()),
         pa.field("output_tokens", pa.int32()),
         pa.field("kept_ratio", pa.float64()),
@@ -74,21 +79,39 @@ def list_shards(filesystem: pafs.FileSystem, directory: str) -> list[str]:
     )
 
 
-def existing_ids(filesystem: pafs.FileSystem, directory: str) -> pa.Array:
-    """The ids (as strings) already present in the output's shards: the work resume skips."""
+@dataclass(frozen=True)
+class ExistingOutput:
+    """What finished shards already hold: their ids (the work resume skips) and the
+    kinds of their error rows (they count against ``output.max_error_fraction``)."""
+
+    ids: pa.Array
+    errors_by_kind: Counter
+
+
+def existing_output(filesystem: pafs.FileSystem, directory: str) -> ExistingOutput:
+    """Read the id, status and error kind columns of every finished shard."""
     chunks: list[pa.Array] = []
+    errors: Counter = Counter()
     for path in list_shards(filesystem, directory):
         try:
-            table = pq.read_table(path, columns=["id"], filesystem=filesystem)
+            with filesystem.open_input_file(path) as handle:
+                shard = pq.ParquetFile(handle)
+                # Shards of older versions have no error_kind column.
+                columns = [name for name in ("id", "status", "error_kind")
+                           if name in shard.schema_arrow.names]
+                table = shard.read(columns=columns)
         except Exception as error:
             raise JobError(
                 f"cannot read the id column of existing output shard {path}: {error}. "
                 "Move it away or choose another output.path."
             ) from error
         chunks.extend(table.column("id").cast(pa.string()).chunks)
-    if not chunks:
-        return pa.array([], type=pa.string())
-    return pa.concat_arrays(chunks)
+        failed = table.filter(pc.equal(table.column("status"), "error"))
+        kinds = (failed.column("error_kind").to_pylist() if "error_kind" in columns
+                 else [None] * failed.num_rows)
+        errors.update(kind or "unknown" for kind in kinds)
+    ids = pa.concat_arrays(chunks) if chunks else pa.array([], type=pa.string())
+    return ExistingOutput(ids=ids, errors_by_kind=errors)
 
 
 def remove_stale_temp_files(filesystem: pafs.FileSystem, directory: str) -> int:

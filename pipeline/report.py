@@ -1,11 +1,12 @@
-"""``_report.json``: what a run did, written atomically into the output folder.
+"""``.zipvl/report.json``: what a run did, written atomically into the output folder.
 
 The report holds the job as run (credentials redacted), library versions,
 row counts (ok / error / skipped because a previous run already wrote them),
-throughput, wall time, the per-layer mean kept ratio, and which workers
-(node, actor, device) generated how many rows. It is named with a leading
-underscore so that Parquet readers of the output folder skip it, as they skip
-``_SUCCESS`` files.
+throughput, wall time, the per-layer mean kept ratio, error rows by kind, and
+which workers (node, actor, device) generated how many rows. It sits in the
+hidden ``.zipvl/`` folder of the output: every reader of the folder skips names
+starting with ``.``, while Hugging Face ``datasets`` reads an ``_``-prefixed file
+as Parquet and fails.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ import pyarrow.fs as pafs
 
 from pipeline.output import write_bytes_atomically
 
-REPORT_NAME = "_report.json"
+# Relative to the output folder.
+REPORT_NAME = ".zipvl/report.json"
 _VERSIONED_PACKAGES = ("zipvl-batch", "torch", "transformers", "ray", "pyarrow", "pillow", "av")
 _MAX_ERROR_SAMPLES = 20
 
@@ -58,6 +60,7 @@ class RunTally:
     rows_by_actor: Counter = field(default_factory=Counter)
     devices: dict[str, str] = field(default_factory=dict)
     error_samples: list[dict[str, str]] = field(default_factory=list)
+    errors_by_kind: Counter = field(default_factory=Counter)
 
     @property
     def rows(self) -> int:
@@ -71,9 +74,10 @@ class RunTally:
         self.kept_ratio_layer_sums = self.kept_ratio_layer_sums + layer_sums
         self.kept_ratio_rows += rows
 
-    def add_error_sample(self, row_id: str, message: str) -> None:
+    def add_error_sample(self, row_id: str, message: str, kind: str | None) -> None:
+        self.errors_by_kind[kind or "unknown"] += 1
         if len(self.error_samples) < _MAX_ERROR_SAMPLES:
-            self.error_samples.append({"id": row_id, "error": message})
+            self.error_samples.append({"id": row_id, "error": message, "kind": kind})
 
     def per_layer_kept_ratio(self) -> list[float] | None:
         if self.kept_ratio_layer_sums is None or not self.kept_ratio_rows:
@@ -113,6 +117,7 @@ def build_report(
             "ok": tally.ok,
             "error": tally.error,
         },
+        "errors_by_kind": dict(tally.errors_by_kind.most_common()),
         "throughput": {
             "rows_per_second": tally.rows / seconds,
             "output_tokens_per_second": tally.output_tokens / seconds,

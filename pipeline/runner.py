@@ -23,6 +23,7 @@ import fnmatch
 import logging
 import os
 import posixpath
+import re
 import signal
 import sys
 import time
@@ -35,11 +36,12 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from pipeline.errors import JobError
+from pipeline.error_budget import ErrorBudget
+from pipeline.errors import JobError, SystemFault, TooManyErrors
 from pipeline.media import MediaReader
 from pipeline.output import (
     ShardWriter,
-    existing_ids,
+    existing_output,
     filesystem_for,
     list_shards,
     new_run_id,
@@ -306,18 +308,23 @@ def first_ids(filesystem: pafs.FileSystem, files: list[str], id_column: str, lim
     return needed_files, ids.slice(0, limit)
 
 
-def run_job(spec: Any, job_file: str | None = None) -> dict[str, Any]:
-    """Run `spec` to completion; returns the report (also written as ``_report.json``).
+def run_job(spec: Any, job_file: str | None = None,
+            generate_stage: type = GenerateStage) -> dict[str, Any]:
+    """Run `spec` to completion; returns the report (also written as ``.zipvl/report.json``).
 
-    Raises ``JobError`` when the job cannot run or the pipeline fails; rows that
-    fail (bad media, a failed generation) are error rows, not a failure.
+    Raises ``JobError`` when the job cannot run or the pipeline fails (a system fault:
+    the rows it hit stay undone), ``TooManyErrors`` when more than
+    ``output.max_error_fraction`` of the rows are error rows; rows that fail for their
+    own reason (bad media, a prompt too long) are error rows, not a failure.
+    `generate_stage` is the actor class of the generate stage: tests pass a
+    ``GenerateStage`` subclass to inject faults into a real run.
     """
     problems = validate_job(spec)
     if problems:
         raise JobError("the job cannot run:\n" + "\n".join(f"  {line}" for line in problems))
     started_ray = ensure_ray(spec)
     try:
-        return _run(spec, job_file)
+        return _run(spec, job_file, generate_stage)
     finally:
         if started_ray:
             import ray
@@ -341,7 +348,7 @@ class JobPlan:
 FOOTER_ACTORS_ENV = "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS"
 
 
-def plan_job(spec: Any, done_ids: pa.Array) -> JobPlan:
+def plan_job(spec: Any, done_ids: pa.Array, generate_stage: type = GenerateStage) -> JobPlan:
     """Build the (lazy) Ray Data plan of `spec`, leaving out the ids in `done_ids`."""
     import ray
     from ray.data import ActorPoolStrategy, TaskPoolStrategy
@@ -406,7 +413,7 @@ def plan_job(spec: Any, done_ids: pa.Array) -> JobPlan:
     if resources.resources:
         generate_kwargs["resources"] = resources.resources
     dataset = dataset.map_batches(
-        GenerateStage,
+        generate_stage,
         fn_constructor_kwargs={"spec": spec},
         batch_format="pyarrow",
         batch_size=batch_size,
@@ -430,23 +437,24 @@ def configure_ray_data() -> None:
     context.wait_for_min_actors_s = int(os.environ.get(ACTOR_START_TIMEOUT_ENV, "3600"))
 
 
-def _run(spec: Any, job_file: str | None) -> dict[str, Any]:
+def _run(spec: Any, job_file: str | None, generate_stage: type) -> dict[str, Any]:
     started_wall, started_at = time.monotonic(), _now()
     run_id = new_run_id()
     output_options = storage_options_for(spec.output.storage_options)
     output_fs, output_dir = filesystem_for(spec.output.path, output_options)
     try:
         remove_stale_temp_files(output_fs, output_dir)
-        done_ids = existing_ids(output_fs, output_dir)
+        existing = existing_output(output_fs, output_dir)
     except JobError:
         raise
     except Exception as error:
         raise JobError(f"output.path: {explain_storage_error('list', spec.output.path, output_options, error)}") from error
+    done_ids = existing.ids
     if len(done_ids) and not spec.output.resume:
         raise JobError(f"output.path: {spec.output.path} already holds {len(list_shards(output_fs, output_dir))} "
                        "shard(s) and output.resume is false; remove them or choose another output.path")
     configure_ray_data()
-    plan = plan_job(spec, done_ids)
+    plan = plan_job(spec, done_ids, generate_stage)
     dataset, input_rows, skipped, to_process = plan.dataset, plan.input_rows, plan.skipped, plan.to_process
 
     try:
@@ -454,6 +462,9 @@ def _run(spec: Any, job_file: str | None) -> dict[str, Any]:
     except Exception as error:
         raise JobError(f"output.path: {explain_storage_error('write', spec.output.path, output_options, error)}") from error
     tally = RunTally()
+    budget = ErrorBudget(spec.output.max_error_fraction, job_rows=input_rows, done_rows=skipped,
+                         errors_by_kind=existing.errors_by_kind.copy())
+    budget.check()  # earlier runs' error rows may already be over it
     progress = Progress(total=to_process)
     stop_signals = _test_stop_signals()
     print(f"[zipvl-batch] {spec.name}: {to_process} row(s) to process "
@@ -461,25 +472,37 @@ def _run(spec: Any, job_file: str | None) -> dict[str, Any]:
           f"method {'dense' if spec.zipvl_config() is None else 'zipvl'}", file=sys.stderr)
     try:
         if to_process:
-            for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
-                _tally_batch(tally, progress, batch)
-                writer.write(batch)
-                for after, signal_number in stop_signals:
-                    if len(writer.shards) < after:
-                        continue
-                    if signal_number == signal.SIGINT:
-                        # What Python's SIGINT handler does, called directly: a SIGINT sent
-                        # to the driver was once seen not to stop the run in CI (Ray can
-                        # hold SIGINT back while it deserialises), and the test needs the
-                        # interruption at this exact point.
-                        signal.default_int_handler(signal.SIGINT, None)
-                    os.kill(os.getpid(), signal_number)
+            batches = dataset.iter_batches(batch_size=None, batch_format="pyarrow")
+            try:
+                for batch in batches:
+                    _tally_batch(tally, progress, batch)
+                    writer.write(batch)
+                    _spend(budget, batch)
+                    budget.check()
+                    for after, signal_number in stop_signals:
+                        if len(writer.shards) < after:
+                            continue
+                        if signal_number == signal.SIGINT:
+                            # What Python's SIGINT handler does, called directly: a SIGINT
+                            # sent to the driver was once seen not to stop the run in CI
+                            # (Ray can hold SIGINT back while it deserialises), and the
+                            # test needs the interruption at this exact point.
+                            signal.default_int_handler(signal.SIGINT, None)
+                        os.kill(os.getpid(), signal_number)
+            finally:
+                # Stop Ray Data's executor now rather than at garbage collection: after an
+                # early stop it would still be running into ray.shutdown, which kills the
+                # process (exit 1) before the CLI can report why the job stopped.
+                getattr(batches, "close", lambda: None)()
         writer.flush()
     except KeyboardInterrupt:
         # Keep what finished: the buffered rows become one more complete shard.
         writer.flush()
         print(f"\n[zipvl-batch] interrupted; {writer.rows_written} row(s) saved, rerun to resume",
               file=sys.stderr)
+        raise
+    except TooManyErrors:
+        writer.flush()  # the rows are finished, error rows included: keep them
         raise
     except JobError:
         raise
@@ -508,14 +531,23 @@ def _run(spec: Any, job_file: str | None) -> dict[str, Any]:
         finished_at=_now(),
     )
     location = write_report(output_fs, output_dir, report)
-    print(f"[zipvl-batch] done: {tally.ok} ok, {tally.error} error(s), {skipped} skipped; "
-          f"output in {spec.output.path} (report {posixpath.basename(location)})", file=sys.stderr)
+    kinds = ", ".join(f"{kind} {count}" for kind, count in tally.errors_by_kind.most_common())
+    print(f"[zipvl-batch] done: {tally.ok} ok, {tally.error} error(s)"
+          f"{f' ({kinds})' if kinds else ''}, {skipped} skipped; output in {spec.output.path} "
+          f"(report {location.rsplit(output_dir, 1)[-1].lstrip('/')})", file=sys.stderr)
+    budget.check(final=True)
     return report
 
 
 def _test_stop_signals() -> list[tuple[int, int]]:
     hooks = ((CRASH_AFTER_SHARDS_ENV, signal.SIGKILL), (INTERRUPT_AFTER_SHARDS_ENV, signal.SIGINT))
     return [(int(os.environ[name]), number) for name, number in hooks if os.environ.get(name)]
+
+
+def _spend(budget: ErrorBudget, batch: pa.Table) -> None:
+    failed = batch.filter(pc.equal(batch.column("status"), STATUS_ERROR))
+    budget.add(batch.num_rows, failed.column("error_kind").to_pylist(),
+               failed.column("error").to_pylist())
 
 
 def _tally_batch(tally: RunTally, progress: Progress, batch: pa.Table) -> None:
@@ -534,10 +566,11 @@ def _tally_batch(tally: RunTally, progress: Progress, batch: pa.Table) -> None:
         tally.rows_by_actor[actor] += 1
         tally.devices[actor] = device
     if errors:
-        for row_id, status, message in zip(batch.column("id").to_pylist(), statuses,
-                                           batch.column("error").to_pylist()):
+        for row_id, status, message, kind in zip(batch.column("id").to_pylist(), statuses,
+                                                 batch.column("error").to_pylist(),
+                                                 batch.column("error_kind").to_pylist()):
             if status == STATUS_ERROR:
-                tally.add_error_sample(row_id, message)
+                tally.add_error_sample(row_id, message, kind)
     kept_sum = float(pc.sum(batch.column("kept_ratio")).as_py() or 0.0)
     kept_count = batch.num_rows - batch.column("kept_ratio").null_count
     progress.update(batch.num_rows, errors, output_tokens, kept_sum, kept_count)
@@ -567,7 +600,15 @@ def _input_base_dir(uri: str) -> str:
 
 
 def _concise(error: BaseException) -> str:
-    """The last meaningful line of a (possibly Ray-wrapped) error."""
+    """The error that matters in a (possibly Ray-wrapped) error, in one line.
+
+    A ``SystemFault`` raised in a worker reaches the driver only as text inside Ray's
+    wrapped traceback (Ray Data re-raises it as a ``UserCodeException``), so it is
+    found there; otherwise the last meaningful line of the innermost cause.
+    """
+    fault = re.search(rf"{SystemFault.__name__}: (.+)", str(error))
+    if fault:
+        return f"{SystemFault.__name__}: {fault.group(1).strip()}"[:1000]
     cause = getattr(error, "cause", None)
     if isinstance(cause, BaseException) and cause is not error:
         return _concise(cause)

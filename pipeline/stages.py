@@ -4,13 +4,15 @@
 decoded, RGB-normalised frames as raw pixel bytes (width and height beside
 them), so the accelerator workers never spend time on JPEG/PNG or video
 decoding and Ray Data's streaming executor overlaps decoding with generation.
-A cell that cannot be decoded becomes an error row here, with the reason.
+A cell that cannot be decoded becomes an error row here, with the reason and its
+kind (``pipeline.errors.ERROR_KINDS``).
 
 ``GenerateStage`` loads the model once per actor, enables ZipVL as the job
 asks, and generates each batch together. Rows that arrive in error pass
-through untouched. Besides the output columns it emits private columns
+through untouched; a generation that fails for a reason that is not the row's
+raises ``SystemFault`` and fails the pipeline (see ``model_runner``). Besides the output columns it emits private columns
 (names starting with ``_``: the worker's node, actor and device, and the
-per-layer kept ratios) that the driver aggregates into ``_report.json`` and
+per-layer kept ratios) that the driver aggregates into ``.zipvl/report.json`` and
 drops before writing.
 """
 
@@ -39,6 +41,7 @@ DECODED_SCHEMA = pa.schema(
         pa.field("question", pa.string()),
         pa.field("status", pa.string()),
         pa.field("error", pa.string()),
+        pa.field("error_kind", pa.string()),
     ]
 )
 WORKER_COLUMNS = ("_node_id", "_actor_id", "_device")
@@ -84,13 +87,13 @@ class DecodeStage:
         questions = self._column(batch, self.question_column)
         columns: dict[str, list] = {name: [] for name in DECODED_SCHEMA.names}
         for index, row_id in enumerate(ids):
-            frames, width, height, error = [], None, None, None
+            frames, width, height, error, kind = [], None, None, None, None
             try:
                 if row_id is None:
-                    raise MediaError("the id cell is empty (null)")
+                    raise MediaError("the id cell is empty (null)", kind="bad_id")
                 frames, width, height = pack_frames(self._decode(images[index], videos[index]))
             except MediaError as problem:
-                frames, error = [], str(problem)
+                frames, error, kind = [], str(problem), problem.kind
             question = questions[index]
             columns["id"].append(row_id if row_id is not None else f"<null id at batch row {index}>")
             columns["frames"].append(frames)
@@ -99,6 +102,7 @@ class DecodeStage:
             columns["question"].append(None if question is None else str(question))
             columns["status"].append(STATUS_ERROR if error else STATUS_OK)
             columns["error"].append(error)
+            columns["error_kind"].append(kind)
         return pa.Table.from_pydict(columns, schema=DECODED_SCHEMA)
 
     def _decode(self, image_cell: Any, video_cell: Any) -> list[Image.Image]:
@@ -154,12 +158,13 @@ class GenerateStage:
         pending: list[tuple[int, str, list[Image.Image]]] = []
         for index, row in enumerate(rows):
             if row["status"] != STATUS_OK:
-                results[index] = RowResult(error=row["error"] or "decode failed")
+                results[index] = RowResult(error=row["error"] or "decode failed",
+                                           error_kind=row["error_kind"] or "media")
                 continue
             try:
                 text = prompt_text(self.spec.task, row["question"])
             except PromptError as error:
-                results[index] = RowResult(error=str(error))
+                results[index] = RowResult(error=str(error), error_kind="prompt")
                 continue
             frames = unpack_frames(row["frames"], row["frame_width"], row["frame_height"])
             pending.append((index, text, frames))
@@ -177,6 +182,7 @@ class GenerateStage:
             "output": [r.output if r.error is None else None for r in results],
             "status": [STATUS_OK if r.error is None else STATUS_ERROR for r in results],
             "error": [r.error for r in results],
+            "error_kind": [r.error_kind for r in results],
             "prompt_tokens": [r.prompt_tokens for r in results],
             "output_tokens": [r.output_tokens for r in results],
             "kept_ratio": [r.kept_ratio for r in results],

@@ -23,6 +23,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+# Nothing in the tests may reach a hub (CI has no network): fail instead of downloading.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CAPTIONS_JOB = REPO_ROOT / "jobs" / "captions.yaml"
 ACCELERATOR = "gpu_slot"
@@ -47,6 +50,9 @@ def ray_cluster() -> Iterator[RayCluster]:
     previous = {name: os.environ.get(name) for name in _RAY_ENVIRONMENT}
     os.environ.update(_RAY_ENVIRONMENT)
     temp_dir = tempfile.mkdtemp(prefix="ray-")
+    # Cluster records the head's address in the default temp folder whatever temp_dir
+    # says, and fails where no Ray ever ran on the machine (a fresh CI runner).
+    os.makedirs(os.path.join(tempfile.gettempdir(), "ray"), exist_ok=True)
     node_args = {"num_cpus": 1, "resources": {ACCELERATOR: 1}, "object_store_memory": 256 * 1024**2}
     cluster = Cluster(
         initialize_head=True,

@@ -161,8 +161,10 @@ def test_report_counts_match_the_rows(sample_caption_run: JobRun):
 
 def test_output_folder_holds_only_whole_shards_and_the_report(sample_caption_run: JobRun):
     names = sorted(path.name for path in sample_caption_run.output_dir.iterdir())
-    shards = [name for name in names if name != REPORT_NAME]
-    assert REPORT_NAME in names
+    metadata_folder = REPORT_NAME.split("/")[0]
+    shards = [name for name in names if name != metadata_folder]
+    assert metadata_folder in names and (sample_caption_run.output_dir / REPORT_NAME).is_file()
+    assert sorted(path.name for path in (sample_caption_run.output_dir / metadata_folder).iterdir()) == ["report.json"]
     assert shards == sorted(sample_caption_run.report["output"]["shards_written"])
     rows_per_file = sample_caption_run.spec.output.rows_per_file
     sizes = [pq.read_metadata(sample_caption_run.output_dir / name).num_rows for name in shards]
@@ -261,6 +263,8 @@ def test_videos_and_questions_with_qwen2_vl(ray_cluster, tmp_path: Path):
         "resources.batch_size=3",
         "output.rows_per_file=3",
         f"output.path={output_dir}",
+        # Five of these nine rows are broken on purpose: error rows are the point here.
+        "output.max_error_fraction=1",
     ])
     report = run_job(spec)
     table = read_output(output_dir)
@@ -272,6 +276,12 @@ def test_videos_and_questions_with_qwen2_vl(ray_cluster, tmp_path: Path):
     assert "not found" in rows["image-missing-file"]["error"]
     assert "aspect ratio" in rows["image-too-thin"]["error"]
     assert report["counts"]["ok"] == 4 and report["counts"]["error"] == 5
+    kinds = {row_id: row["error_kind"] for row_id, row in rows.items() if row["status"] == "error"}
+    assert kinds == {"video-broken": "media", "no-media": "media", "no-question": "prompt",
+                     "image-missing-file": "missing_media", "image-too-thin": "preprocess"}
+    assert report["errors_by_kind"] == {"media": 2, "prompt": 1, "missing_media": 1,
+                                        "preprocess": 1}
+    assert all(row["error_kind"] is None for row in rows.values() if row["status"] == "ok")
 
     model, processor = reference_model("qwen2_vl", spec.zipvl_config())
     source = rows_by_id(pa.concat_tables(pq.read_table(path) for path in sorted(data.glob("*.parquet")))
@@ -293,7 +303,8 @@ def test_videos_and_questions_with_qwen2_vl(ray_cluster, tmp_path: Path):
         assert row["kept_ratio"] == pytest.approx(expected["kept_ratio"], rel=1e-9), row_id
     # Four frames cost more prompt tokens than one image.
     assert rows["video-bytes"]["prompt_tokens"] > rows["image-bytes"]["prompt_tokens"]
-    assert not [name for name in os.listdir(output_dir) if name.startswith(".")]
+    # No temporary shard is left behind: the run metadata folder is the only hidden name.
+    assert [name for name in os.listdir(output_dir) if name.startswith(".")] == [".zipvl"]
 
 
 # ------------------------------------------------------------------ jobs that cannot run

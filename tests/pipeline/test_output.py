@@ -16,7 +16,7 @@ import pytest
 from pipeline.output import (
     OUTPUT_SCHEMA,
     ShardWriter,
-    existing_ids,
+    existing_output,
     is_shard_name,
     remove_stale_temp_files,
     schema_metadata,
@@ -34,6 +34,7 @@ def rows(start: int, count: int, text_length: int = 8) -> pa.Table:
             "output": ["x" * text_length for _ in ids],
             "status": ["ok"] * count,
             "error": [None] * count,
+            "error_kind": [None] * count,
             "prompt_tokens": [index % 7 for index in range(count)],
             "output_tokens": [index % 5 for index in range(count)],
             "kept_ratio": [None] * count,
@@ -78,9 +79,27 @@ def test_a_second_run_adds_shards_and_the_scan_finds_every_id(tmp_path: Path):
     # Neither temp files nor the report are shards.
     (tmp_path / ".part-run-c-00000.parquet.tmp").write_bytes(b"half a shard")
     (tmp_path / "_report.json").write_text("{}")
-    found = existing_ids(pafs.LocalFileSystem(), str(tmp_path)).to_pylist()
+    found = existing_output(pafs.LocalFileSystem(), str(tmp_path)).ids.to_pylist()
     assert sorted(found) == rows(0, 11).column("id").to_pylist()
-    assert existing_ids(pafs.LocalFileSystem(), str(tmp_path / "absent")).to_pylist() == []
+    assert existing_output(pafs.LocalFileSystem(), str(tmp_path / "absent")).ids.to_pylist() == []
+
+
+def test_the_scan_counts_earlier_error_rows_by_kind_also_in_older_shards(tmp_path: Path):
+    table = rows(0, 6)
+    statuses = ["ok", "error", "error", "ok", "error", "ok"]
+    kinds = [None, "media", "too_long", None, "media", None]
+    table = table.set_column(table.schema.get_field_index("status"), "status", pa.array(statuses))
+    table = table.set_column(table.schema.get_field_index("error_kind"), "error_kind", pa.array(kinds))
+    writer = local_writer(tmp_path, rows_per_file=4)
+    writer.write(table)
+    writer.flush()
+    # A shard written before error_kind existed: its error rows are of unknown kind.
+    older = rows(6, 2).drop(["error_kind", "_node_id"])
+    older = older.set_column(older.schema.get_field_index("status"), "status", pa.array(["error", "ok"]))
+    pq.write_table(older, tmp_path / "part-older-00000.parquet")
+    found = existing_output(pafs.LocalFileSystem(), str(tmp_path))
+    assert sorted(found.ids.to_pylist()) == rows(0, 8).column("id").to_pylist()
+    assert found.errors_by_kind == {"media": 2, "too_long": 1, "unknown": 1}
 
 
 def test_stale_temp_files_are_removed_and_nothing_else(tmp_path: Path):
@@ -170,4 +189,4 @@ def test_shards_on_s3_are_single_whole_objects(s3_server):
     infos = filesystem.get_file_info(pafs.FileSelector(f"{bucket}/out", recursive=True))
     names = sorted(info.path.rsplit("/", 1)[1] for info in infos if info.type == pafs.FileType.File)
     assert names == sorted(path.rsplit("/", 1)[1] for path in writer.shards)
-    assert sorted(existing_ids(filesystem, f"{bucket}/out").to_pylist()) == rows(0, 12).column("id").to_pylist()
+    assert sorted(existing_output(filesystem, f"{bucket}/out").ids.to_pylist()) == rows(0, 12).column("id").to_pylist()

@@ -206,6 +206,20 @@ def test_bad_tau_names_zipvl_tau(tmp_path, tau):
     assert repr(tau) in message
 
 
+@pytest.mark.parametrize("fraction", [1.5, -0.1, "most"])
+def test_bad_max_error_fraction_names_the_field(tmp_path, fraction):
+    values = raw_job()
+    values["output"]["max_error_fraction"] = fraction
+    assert spec_error(tmp_path, values).startswith("output.max_error_fraction:")
+
+
+def test_max_error_fraction_defaults_above_the_demo_share():
+    from pipeline.sample_data import BROKEN_ROWS, NUM_IMAGES
+
+    spec = load_job(ROOT / "jobs" / "captions.yaml")
+    assert spec.output.max_error_fraction == 0.1 > len(BROKEN_ROWS) / NUM_IMAGES
+
+
 def test_bad_tau_in_a_preset_file_names_the_field_and_the_file(tmp_path):
     preset = tmp_path / "mine.yaml"
     preset.write_text("tau: 1.5\n")

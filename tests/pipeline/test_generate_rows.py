@@ -1,0 +1,96 @@
+"""``generate_rows`` on a real tiny model: which failures are the row's and which the system's.
+
+No Ray here: the model is loaded in-process exactly as a generate actor loads it.
+The reference for every answered row is the same model at batch size 1.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from pipeline.errors import SystemFault
+from pipeline.model_runner import GenerationSettings, context_length, generate_rows, load_model
+from pipeline.spec import load_job
+from tests.conftest import CAPTIONS_JOB
+from zipvl.testing import make_test_image
+
+GENERATION = GenerationSettings(max_new_tokens=6)
+PROMPT = "Describe this image in one sentence."
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    spec = load_job(CAPTIONS_JOB, ["output.path=/tmp/unused"])
+    return load_model(spec.model_settings(), spec.zipvl_config(), "cpu")
+
+
+def one_by_one(loaded, texts, images):
+    return [generate_rows(loaded, [text], [row], GENERATION)[0] for text, row in zip(texts, images)]
+
+
+def test_a_prompt_too_long_for_the_context_is_an_error_row_and_the_rest_are_answered(loaded):
+    context = context_length(loaded.model)
+    assert context is not None
+    words = " ".join(["stone"] * (context + 10))
+    texts = [PROMPT, words, PROMPT + " Be brief."]
+    images = [[make_test_image(index)] for index in range(3)]
+    results = generate_rows(loaded, texts, images, GENERATION)
+    assert results[1].error_kind == "too_long" and results[1].output is None
+    assert f"context of {context}" in results[1].error
+    assert results[1].prompt_tokens > context - GENERATION.max_new_tokens
+    reference = one_by_one(loaded, [texts[0], texts[2]], [images[0], images[2]])
+    assert [results[0].output, results[2].output] == [row.output for row in reference]
+    assert all(row.error is None for row in (results[0], results[2]))
+
+
+def test_a_row_the_processor_refuses_is_a_preprocess_error_row(loaded, monkeypatch):
+    processor = loaded.processor
+    original = type(processor).__call__
+
+    def refuse_red_images(self, *args, images=None, **kwargs):
+        for image in images or []:
+            if image.getpixel((0, 0)) == (255, 0, 0):
+                raise ValueError("cannot handle this picture")
+        return original(self, *args, images=images, **kwargs)
+
+    monkeypatch.setattr(type(processor), "__call__", refuse_red_images)
+    images = [[make_test_image(1)], [Image.new("RGB", (32, 32), (255, 0, 0))], [make_test_image(2)]]
+    results = generate_rows(loaded, [PROMPT] * 3, images, GENERATION)
+    assert results[1].error_kind == "preprocess" and "cannot handle this picture" in results[1].error
+    reference = one_by_one(loaded, [PROMPT] * 2, [images[0], images[2]])
+    assert [results[0].output, results[2].output] == [row.output for row in reference]
+
+
+def test_a_failing_generate_is_a_system_fault_not_an_error_row(loaded, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("CUDA error: device-side assert triggered")
+
+    monkeypatch.setattr(loaded.model, "generate", broken)
+    with pytest.raises(SystemFault, match="device-side assert"):
+        generate_rows(loaded, [PROMPT] * 2, [[make_test_image(0)], [make_test_image(1)]], GENERATION)
+
+
+def test_out_of_memory_is_retried_one_row_at_a_time_then_a_system_fault(loaded, monkeypatch):
+    real_generate = loaded.model.generate
+    calls = []
+
+    def out_of_memory_over(limit):
+        def generate(**kwargs):
+            calls.append(int(kwargs["input_ids"].shape[0]))
+            if calls[-1] > limit:
+                raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+            return real_generate(**kwargs)
+        return generate
+
+    images = [[make_test_image(index)] for index in range(3)]
+    reference = one_by_one(loaded, [PROMPT] * 3, images)
+    monkeypatch.setattr(loaded.model, "generate", out_of_memory_over(1))
+    results = generate_rows(loaded, [PROMPT] * 3, images, GENERATION)
+    assert calls == [3, 1, 1, 1]
+    assert [row.output for row in results] == [row.output for row in reference]
+
+    monkeypatch.setattr(loaded.model, "generate", out_of_memory_over(0))
+    with pytest.raises(SystemFault, match="out of memory at batch size 1"):
+        generate_rows(loaded, [PROMPT] * 2, images[:2], GENERATION)

@@ -1,0 +1,120 @@
+"""A broken system stops the job; broken rows do not, unless there are too many of them.
+
+A ``generate`` that fails for every batch (what transformers 5.24 did to the
+previous release, or a CUDA error) is injected through the runner's
+``generate_stage`` seam into a real run on the session's two-node cluster: the
+job must fail naming the error, write none of the rows it could not answer, and a
+healthy rerun on the same output must finish every row ok, each id once. A
+dataset of only corrupt images must exit 3 through the real command line.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from ray import cloudpickle
+
+from pipeline.errors import JobError
+from pipeline.runner import run_job
+from pipeline.spec import load_job
+from pipeline.stages import GenerateStage
+from tests.conftest import ACCELERATOR, CAPTIONS_JOB
+from tests.pipeline.test_e2e import png
+
+CLI = Path(sys.executable).with_name("zipvl-batch")
+FAULT = "CUDA error: an illegal memory access was encountered"
+OVERRIDES = (
+    f"resources.accelerator_resource={ACCELERATOR}",
+    "resources.workers=1",
+    "resources.cpus_per_worker=0",
+    "resources.gpus_per_worker=0",
+    "resources.batch_size=2",
+    "output.rows_per_file=3",
+    "generation.max_new_tokens=4",
+)
+
+# The Ray workers cannot import the tests package: ship this module's classes by value.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+class FailingGenerateStage(GenerateStage):
+    """The real stage with a model whose ``generate`` dies as a broken GPU would."""
+
+    def __init__(self, spec) -> None:
+        super().__init__(spec)
+
+        def broken_generate(*args, **kwargs):
+            raise RuntimeError(FAULT)
+
+        self.loaded.model.generate = broken_generate
+
+
+def write_images(path: Path, cells: list) -> list[str]:
+    ids = [f"row-{index:02d}" for index in range(len(cells))]
+    image_type = pa.struct([pa.field("bytes", pa.binary()), pa.field("path", pa.string())])
+    pq.write_table(pa.table({"id": ids, "image": pa.array(cells, type=image_type)}), path)
+    return ids
+
+
+def test_a_failing_generate_stops_the_job_and_a_rerun_finishes_it(ray_cluster, tmp_path: Path):
+    ids = write_images(tmp_path / "good.parquet",
+                       [{"bytes": png(seed), "path": None} for seed in range(7)])
+    output_dir = tmp_path / "out"
+    spec = load_job(CAPTIONS_JOB, [*OVERRIDES, f"input.path={tmp_path / 'good.parquet'}",
+                                   f"output.path={output_dir}", f"ray.address={ray_cluster.address}"])
+
+    with pytest.raises(JobError, match="illegal memory access") as failure:
+        run_job(spec, generate_stage=FailingGenerateStage)
+    assert "rerun to resume" in str(failure.value)
+    written = [path for path in output_dir.glob("part-*.parquet")]
+    assert written == [], "rows the system could not answer must not be written as finished"
+
+    report = run_job(spec)
+    table = pq.read_table(output_dir, columns=["id", "status", "output"])
+    assert Counter(table.column("id").to_pylist()) == Counter(ids)  # each id exactly once
+    assert set(table.column("status").to_pylist()) == {"ok"}
+    assert all(text.strip() for text in table.column("output").to_pylist())
+    assert report["counts"]["ok"] == len(ids) and report["counts"]["skipped_by_resume"] == 0
+
+
+def test_a_dataset_of_only_corrupt_images_exits_3(ray_cluster, tmp_path: Path):
+    cells = [{"bytes": b"not an image at all" * (index + 1), "path": None} for index in range(30)]
+    write_images(tmp_path / "corrupt.parquet", cells)
+    output_dir = tmp_path / "out"
+    overrides = [*OVERRIDES, f"input.path={tmp_path / 'corrupt.parquet'}",
+                 f"output.path={output_dir}", f"ray.address={ray_cluster.address}"]
+    command = [str(CLI), "run", str(CAPTIONS_JOB), *(arg for o in overrides for arg in ("--set", o))]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=420)
+    assert result.returncode == 3, result.stderr[-3000:]
+    assert "max_error_fraction 0.1" in result.stderr
+    assert "Most frequent: media" in result.stderr
+    # It failed fast: the error rows are certain to exceed the budget after the first
+    # few, long before all 30 are done; what was finished is written, each id once.
+    table = pq.read_table(output_dir, columns=["id", "status", "error_kind"])
+    assert 0 < table.num_rows < len(cells)
+    assert set(table.column("status").to_pylist()) == {"error"}
+    assert set(table.column("error_kind").to_pylist()) == {"media"}
+    assert len(set(table.column("id").to_pylist())) == table.num_rows
+
+    # A rerun counts the error rows already written: over budget before it starts, it
+    # refuses at once rather than grinding through the rest, and writes nothing more.
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=420)
+    assert rerun.returncode == 3, rerun.stderr[-3000:]
+    assert f"{table.num_rows} of the job's {len(cells)} rows are error rows" in rerun.stderr
+    assert pq.read_table(output_dir).num_rows == table.num_rows
+
+    # Raising the budget lets it finish: every id once, the summary counting by kind.
+    allowed = subprocess.run([*command, "--set", "output.max_error_fraction=1"],
+                             capture_output=True, text=True, timeout=420)
+    assert allowed.returncode == 0, allowed.stderr[-3000:]
+    remaining = len(cells) - table.num_rows
+    assert f"0 ok, {remaining} error(s) (media {remaining})" in allowed.stderr
+    assert f"errors: media {remaining}" in allowed.stdout
+    final = pq.read_table(output_dir, columns=["id"]).column("id").to_pylist()
+    assert sorted(final) == sorted(f"row-{index:02d}" for index in range(len(cells)))
