@@ -176,7 +176,7 @@ def _admissible_rows(loaded: LoadedModel, texts: Sequence[str],
     inputs = None
     try:
         inputs = build_model_inputs(loaded.processor, texts, images) if rows else None
-    except Exception:
+    except Exception as batch_error:
         for row in list(rows):  # which row did the processor refuse? Ask one at a time.
             try:
                 build_model_inputs(loaded.processor, [texts[row]], [images[row]])
@@ -185,7 +185,8 @@ def _admissible_rows(loaded: LoadedModel, texts: Sequence[str],
                                          error_kind="preprocess")
                 rows.remove(row)
         if len(rows) == len(texts):  # every row passes alone: the failure is not theirs
-            raise
+            raise SystemFault(_describe("the processor failed on a batch whose rows each pass "
+                                        "alone", batch_error)) from batch_error
     context = context_length(loaded.model)
     if inputs is not None and context is not None:
         prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()

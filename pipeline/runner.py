@@ -49,7 +49,7 @@ from pipeline.output import (
     schema_metadata,
 )
 from pipeline.progress import Progress
-from pipeline.report import RunTally, build_report, write_report
+from pipeline.report import REPORT_NAME, RunTally, build_report, write_report
 from pipeline.stages import (
     STATUS_ERROR,
     WORKER_COLUMNS,
@@ -530,11 +530,11 @@ def _run(spec: Any, job_file: str | None, generate_stage: type) -> dict[str, Any
         started_at=started_at,
         finished_at=_now(),
     )
-    location = write_report(output_fs, output_dir, report)
+    write_report(output_fs, output_dir, report)
     kinds = ", ".join(f"{kind} {count}" for kind, count in tally.errors_by_kind.most_common())
     print(f"[zipvl-batch] done: {tally.ok} ok, {tally.error} error(s)"
           f"{f' ({kinds})' if kinds else ''}, {skipped} skipped; output in {spec.output.path} "
-          f"(report {location.rsplit(output_dir, 1)[-1].lstrip('/')})", file=sys.stderr)
+          f"(report {REPORT_NAME})", file=sys.stderr)
     budget.check(final=True)
     return report
 
