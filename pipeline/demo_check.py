@@ -1,4 +1,9 @@
-"""Check that the demo's output holds what it should: ``python -m pipeline.demo_check OUT``.
+"""Check that the demo's output holds what it should.
+
+    python -m pipeline.demo_check [OUTPUT [SAMPLE]]
+
+(defaults: ``output/captions`` and ``data/sample/images.parquet``, relative to the
+current folder as in ``jobs/captions.yaml``).
 
 ``make demo`` ends with this, so its exit status says whether the captions are
 really there, not only whether the job ran: every row of the shipped sample
@@ -41,8 +46,9 @@ def problems(output_dir: Path, sample: Path = DEFAULT_DIR / "images.parquet") ->
 
 
 def main() -> None:
-    output_dir = Path(sys.argv[1] if len(sys.argv) > 1 else "output/captions")
-    found = problems(output_dir)
+    arguments = sys.argv[1:] + ["output/captions", "data/sample/images.parquet"][len(sys.argv) - 1:]
+    output_dir, sample = Path(arguments[0]), Path(arguments[1])
+    found = problems(output_dir, sample)
     if found:
         print(f"demo output {output_dir} is not right ({len(found)} problem(s)):", file=sys.stderr)
         for line in found[:20]:
