@@ -169,7 +169,8 @@ class GenerateStage:
             frames = unpack_frames(row["frames"], row["frame_width"], row["frame_height"])
             pending.append((index, text, frames))
         generated = generate_rows(
-            self.loaded, [text for _, text, _ in pending], [frames for _, _, frames in pending], self.generation
+            self.loaded, [text for _, text, _ in pending], [frames for _, _, frames in pending],
+            self.generation, row_ids=[rows[index]["id"] for index, _, _ in pending],
         )
         for (index, _, _), result in zip(pending, generated):
             results[index] = result

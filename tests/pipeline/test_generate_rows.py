@@ -94,3 +94,47 @@ def test_out_of_memory_is_retried_one_row_at_a_time_then_a_system_fault(loaded, 
     monkeypatch.setattr(loaded.model, "generate", out_of_memory_over(0))
     with pytest.raises(SystemFault, match="out of memory at batch size 1"):
         generate_rows(loaded, [PROMPT] * 2, images[:2], GENERATION)
+
+
+def test_a_sampled_row_does_not_depend_on_its_batch(loaded):
+    sampling = GenerationSettings(max_new_tokens=8, do_sample=True, temperature=1.3, top_p=0.9,
+                                  seed=11)
+    ids = ["row-a", "row-b", "row-c"]
+    images = [[make_test_image(index)] for index in range(3)]
+    texts = [PROMPT, PROMPT + " Briefly.", PROMPT]
+    together = generate_rows(loaded, texts, images, sampling, row_ids=ids)
+    reordered = generate_rows(loaded, texts[::-1], images[::-1], sampling, row_ids=ids[::-1])
+    alone = [generate_rows(loaded, [text], [row], sampling, row_ids=[row_id])[0]
+             for text, row, row_id in zip(texts, images, ids)]
+    assert [row.output for row in together] == [row.output for row in alone]
+    assert [row.output for row in reordered][::-1] == [row.output for row in alone]
+    # It does sample: rows 0 and 2 share prompt and model but not their stream, and the
+    # draws are not the greedy tokens.
+    greedy = generate_rows(loaded, texts, images, GenerationSettings(max_new_tokens=8))
+    assert [row.output for row in together] != [row.output for row in greedy]
+    other_seed = generate_rows(loaded, texts, images, GenerationSettings(
+        max_new_tokens=8, do_sample=True, temperature=1.3, top_p=0.9, seed=12), row_ids=ids)
+    assert [row.output for row in other_seed] != [row.output for row in together]
+
+
+def test_sampling_without_row_ids_is_refused(loaded):
+    with pytest.raises(ValueError, match="row ids"):
+        generate_rows(loaded, [PROMPT], [[make_test_image(0)]],
+                      GenerationSettings(do_sample=True))
+
+
+def test_row_sampler_draws_from_the_warped_distribution():
+    """Reference: transformers' own warpers then softmax, estimated over many draws."""
+    from transformers import TemperatureLogitsWarper, TopPLogitsWarper
+
+    from pipeline.row_sampling import PerRowSampler
+
+    scores = torch.tensor([[2.0, 1.0, 0.5, -1.0, 0.0]])
+    expected = torch.softmax(TopPLogitsWarper(0.8)(None, TemperatureLogitsWarper(0.7)(None, scores)), -1)
+    sampler = PerRowSampler(["x"], seed=3, temperature=0.7, top_p=0.8, device=torch.device("cpu"))
+    counts = torch.zeros(5)
+    for _ in range(4000):
+        kept = sampler(None, scores.clone())
+        assert torch.isfinite(kept).sum() == 1
+        counts[kept.argmax()] += 1
+    torch.testing.assert_close(counts / counts.sum(), expected[0], atol=0.03, rtol=0)
