@@ -13,7 +13,8 @@ written); 130 interrupted (rerunning the same command resumes).
 Heavy modules (the spec pulls in the ZipVL config, the runner pulls in Ray and torch)
 are imported inside the commands so ``zipvl-batch --help`` answers at once. Nothing
 printed here contains credentials: known secret values (job storage options, AWS
-environment variables) are scrubbed from every message and log line.
+environment variables) are scrubbed from every message and log line by a
+``pipeline.redaction.Scrubber`` made afresh for each command.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
+from pipeline.redaction import Scrubber
+
 if TYPE_CHECKING:
     from pipeline.spec import JobSpec
 
@@ -37,37 +40,28 @@ EXIT_BAD_JOB = 2
 EXIT_TOO_MANY_ERRORS = 3
 EXIT_INTERRUPTED = 130
 
-_SECRET_ENVIRONMENT = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
-_MASK = "***"
-
 logger = logging.getLogger("pipeline.cli")
 
 
-class _Scrubber(logging.Filter):
-    """Replaces known secret values in messages and log records with ``***``."""
+def _scrubber() -> Scrubber:
+    """This invocation's scrubber (``main`` makes a fresh one per command), or one that
+    knows only the environment's credentials outside a command."""
+    context = click.get_current_context(silent=True)
+    while context is not None and not (isinstance(context.obj, dict) and "scrubber" in context.obj):
+        context = context.parent
+    return context.obj["scrubber"] if context is not None else Scrubber()
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.secrets: set[str] = {value for name in _SECRET_ENVIRONMENT
-                                  if len(value := os.environ.get(name, "")) >= 4}
 
-    def add(self, secrets: Iterable[str]) -> None:
-        # Very short values would mask ordinary words; credentials are never that short.
-        self.secrets.update(secret for secret in secrets if len(secret) >= 4)
+def _scrub(text: str) -> str:
+    return _scrubber()(text)
 
-    def __call__(self, text: str) -> str:
-        for secret in sorted(self.secrets, key=len, reverse=True):
-            text = text.replace(secret, _MASK)
-        return text
+
+class _CurrentScrubber(logging.Filter):
+    """The log handler is installed once per process; each record is scrubbed with the
+    secrets of the command running now."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if self.secrets:
-            record.msg = self(record.getMessage())
-            record.args = None
-        return True
-
-
-_scrub = _Scrubber()
+        return _scrubber().filter(record)
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -88,7 +82,7 @@ def _configure_logging(verbose: bool) -> None:
         handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s",
                                                "%H:%M:%S"))
-        handler.addFilter(_scrub)
+        handler.addFilter(_CurrentScrubber())
         handler._zipvl_batch = True  # type: ignore[attr-defined]
         root.addHandler(handler)
     root.setLevel(logging.WARNING)
@@ -115,21 +109,21 @@ def _load_spec(job_file: str, overrides: Iterable[str]) -> JobSpec:
         for problem in error.problems:
             _echo_error(f"  {problem}")
         _exit(EXIT_BAD_JOB)
-    _scrub.add(spec.secret_values())
+    _scrubber().add(spec.secret_values())
     return spec
 
 
 def _runner_problems(spec: JobSpec, verbose: bool) -> list[str]:
-    """``runner.validate_job``: input schema and model reference, without generating.
+    """``preflight.validate_job``: input schema and model reference, without generating.
 
     Problems it finds are the job's (exit 2); a crash while checking is ours (exit 1).
     """
     from pipeline.errors import JobError
 
     try:
-        from pipeline import runner
+        from pipeline.preflight import validate_job
 
-        return list(runner.validate_job(spec))
+        return list(validate_job(spec))
     except JobError as error:
         return [str(error)]
     except Exception as error:
@@ -213,7 +207,7 @@ _JOB_FILE = click.argument("job_file", type=click.Path(dir_okay=False))
 @click.pass_context
 def main(context: click.Context, verbose: bool) -> None:
     """Annotate image and video datasets with vision-language models on Ray (ZipVL)."""
-    context.obj = {"verbose": verbose}
+    context.obj = {"verbose": verbose, "scrubber": Scrubber()}
 
 
 @main.command()
@@ -243,9 +237,11 @@ def run(context: click.Context, job_file: str, overrides: tuple[str, ...], verbo
 
     from pipeline import runner
     from pipeline.errors import JobError, SpecError, TooManyErrors
+    from pipeline.fault_injection import after_shard_from_environment
 
     try:
-        report = runner.run_job(spec, job_file=str(Path(job_file).resolve()))
+        report = runner.run_job(spec, job_file=str(Path(job_file).resolve()),
+                                after_shard=after_shard_from_environment())
     except SpecError as error:
         _echo_error(f"invalid job file {job_file}:\n  {error}")
         _exit(EXIT_BAD_JOB)

@@ -7,6 +7,12 @@ so anything raised with these types must read well on its own, without a traceba
 from __future__ import annotations
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message, or its type when it has none."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 class JobError(Exception):
     """A failure that stops a job (as opposed to a row that fails: that becomes an error row)."""
 

@@ -22,10 +22,11 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from transformers import BatchFeature
+from transformers import BatchFeature, LogitsProcessorList
 
-from pipeline.errors import SystemFault
+from pipeline.errors import SystemFault, first_line
 from pipeline.prompts import build_model_inputs, limit_image_tokens
+from pipeline.row_sampling import PerRowSampler
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +98,7 @@ def load_model(settings: Any, zipvl_config: Any | None, device: str | torch.devi
 
     device = torch.device(device)
     location = model_location(settings)
-    common = _hub_kwargs(settings)
+    common = hub_kwargs(settings)
     config = AutoConfig.from_pretrained(location, **common)
     family = settings.family if settings.family != "auto" else config.model_type
     dtype = _DTYPES[settings.resolved_dtype(device.type == "cuda")]
@@ -140,8 +141,12 @@ def generate_rows(
     texts: Sequence[str],
     images: Sequence[Sequence[Image.Image]],
     generation: GenerationSettings,
+    row_ids: Sequence[str] | None = None,
 ) -> list[RowResult]:
     """Generate for a batch of rows, one ``RowResult`` per row, in order.
+
+    `row_ids` seed each row's own sampling stream (``row_sampling``), so a sampled
+    row's text does not depend on its batch; they are needed when sampling.
 
     Row faults become error rows, found before anything is generated: the processor
     refusing a row (``preprocess``) and a prompt that leaves no room for
@@ -149,18 +154,22 @@ def generate_rows(
     after that is the system's: ``SystemFault`` is raised and no row of the batch is
     answered. Out of memory is retried one row at a time first.
     """
+    if generation.do_sample and row_ids is None:
+        raise ValueError("sampling needs the row ids: each row has its own random stream")
     results: list[RowResult | None] = [None] * len(texts)
     rows, inputs = _admissible_rows(loaded, texts, images, generation, results)
+    ids = None if row_ids is None else [row_ids[row] for row in rows]
     if rows:
         try:
-            answers = _generate_or_fault(loaded, inputs, generation)
+            answers = _generate_or_fault(loaded, inputs, generation, ids)
         except torch.OutOfMemoryError:
             logger.warning("batch of %d ran out of memory; retrying one row at a time", len(rows))
             answers = []
             for row in rows:
                 _release_memory(loaded.device)
                 single = build_model_inputs(loaded.processor, [texts[row]], [images[row]])
-                answers.extend(_generate_or_fault(loaded, single, generation))
+                answers.extend(_generate_or_fault(loaded, single, generation,
+                                                  None if row_ids is None else [row_ids[row]]))
         for row, answer in zip(rows, answers):
             results[row] = answer
     assert all(result is not None for result in results)
@@ -209,13 +218,13 @@ def context_length(model: Any) -> int | None:
     return getattr(text_config, "max_position_embeddings", None)
 
 
-def _generate_or_fault(loaded: LoadedModel, inputs: BatchFeature,
-                       generation: GenerationSettings) -> list[RowResult]:
+def _generate_or_fault(loaded: LoadedModel, inputs: BatchFeature, generation: GenerationSettings,
+                       row_ids: Sequence[str] | None) -> list[RowResult]:
     """``_generate_batch``; any failure is a ``SystemFault``, except out-of-memory on more
     than one row, which the caller retries one row at a time."""
     batch = int(inputs["input_ids"].shape[0])
     try:
-        return _generate_batch(loaded, inputs, generation)
+        return _generate_batch(loaded, inputs, generation, row_ids)
     except torch.OutOfMemoryError as error:
         if batch > 1:
             raise
@@ -226,16 +235,17 @@ def _generate_or_fault(loaded: LoadedModel, inputs: BatchFeature,
 
 
 @torch.inference_mode()
-def _generate_batch(loaded: LoadedModel, inputs: BatchFeature,
-                    generation: GenerationSettings) -> list[RowResult]:
+def _generate_batch(loaded: LoadedModel, inputs: BatchFeature, generation: GenerationSettings,
+                    row_ids: Sequence[str] | None) -> list[RowResult]:
     inputs = inputs.to(loaded.device)
     if "pixel_values" in inputs and inputs["pixel_values"].is_floating_point():
         inputs["pixel_values"] = inputs["pixel_values"].to(loaded.model.dtype)
     tokenizer = loaded.processor.tokenizer
-    kwargs: dict[str, Any] = {"max_new_tokens": generation.max_new_tokens, "do_sample": generation.do_sample}
+    # Sampling is done per row by PerRowSampler; generate itself always runs greedy.
+    kwargs: dict[str, Any] = {"max_new_tokens": generation.max_new_tokens, "do_sample": False}
     if generation.do_sample:
-        kwargs.update(temperature=generation.temperature, top_p=generation.top_p)
-        torch.manual_seed(generation.seed)
+        kwargs["logits_processor"] = LogitsProcessorList([PerRowSampler(
+            row_ids, generation.seed, generation.temperature, generation.top_p, loaded.device)])
     if loaded.model.generation_config.pad_token_id is None and tokenizer.pad_token_id is not None:
         kwargs["pad_token_id"] = tokenizer.pad_token_id
     if loaded.zipvl_enabled:
@@ -294,7 +304,8 @@ def _generated_length(tokens: list[int], stop_ids: set[int]) -> int:
     return len(tokens)
 
 
-def _hub_kwargs(settings: Any) -> dict[str, Any]:
+def hub_kwargs(settings: Any) -> dict[str, Any]:
+    """``from_pretrained`` keywords of the job's model: remote code only when asked."""
     kwargs: dict[str, Any] = {}
     if settings.trust_remote_code:
         kwargs["trust_remote_code"] = True
@@ -304,8 +315,7 @@ def _hub_kwargs(settings: Any) -> dict[str, Any]:
 
 
 def _describe(what: str, error: BaseException) -> str:
-    message = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    return f"{what}: {type(error).__name__}: {message}"[:500]
+    return f"{what}: {type(error).__name__}: {first_line(error)}"[:500]
 
 
 def _release_memory(device: torch.device) -> None:

@@ -28,7 +28,6 @@ import typing
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -48,8 +47,8 @@ from pydantic_core import PydanticCustomError
 from pipeline import presets
 from pipeline.errors import SpecError
 from pipeline.presets import Dtype, Family, FamilyOrAuto
+from pipeline.redaction import redact, secret_values
 from pipeline.storage import StorageOptions
-from pipeline.storage import redact as redact_storage
 from zipvl.config import ZipVLConfig
 
 DEFAULT_CAPTION_PROMPT = "Describe this image in one sentence."
@@ -114,15 +113,6 @@ def _check_storage_options(value: Any) -> dict[str, Any]:
     return dict(value)
 
 
-def redact_storage_options(options: dict[str, Any]) -> dict[str, Any]:
-    """A copy safe to log or write: credentials (and URL user info) replaced by ``***``."""
-    return redact_storage(options)
-
-
-def _is_secret_option(name: str) -> bool:
-    return redact_storage({name: "x"})[name] != "x"
-
-
 class _Section(BaseModel):
     # coerce_numbers_to_str: `--set name=2024` and `id: 0` mean the strings.
     model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
@@ -154,7 +144,7 @@ class InputSection(_Section):
 
     @field_serializer("storage_options")
     def _redact(self, options: dict[str, Any]) -> dict[str, Any]:
-        return redact_storage_options(options)
+        return redact(options)
 
 
 class TaskSection(_Section):
@@ -368,7 +358,7 @@ class OutputSection(_Section):
 
     @field_serializer("storage_options")
     def _redact(self, options: dict[str, Any]) -> dict[str, Any]:
-        return redact_storage_options(options)
+        return redact(options)
 
 
 class RaySection(_Section):
@@ -443,17 +433,7 @@ class JobSpec(_Section):
 
     def secret_values(self) -> list[str]:
         """Credential values in the job, for scrubbing them out of any message printed."""
-        secrets = []
-        for options in (self.input.storage_options, self.output.storage_options):
-            for name, value in options.items():
-                if not isinstance(value, str) or not value:
-                    continue
-                if _is_secret_option(name):
-                    secrets.append(value)
-                elif "://" in value and "@" in value:
-                    parts = urlsplit(value)
-                    secrets += [part for part in (parts.username, parts.password) if part]
-        return secrets
+        return secret_values(self.input.storage_options) + secret_values(self.output.storage_options)
 
 
 # ---------------------------------------------------------------- error messages

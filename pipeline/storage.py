@@ -21,7 +21,7 @@ Credentials found in the driver's environment are passed to the filesystem
 explicitly: the filesystem object is pickled into Ray workers, which then need
 no AWS environment of their own (a Ray cluster started before the variables
 were set, or remote nodes). Credentials never appear in logs, reprs or error
-messages produced here; use :func:`redact` before recording options anywhere.
+messages produced here; ``pipeline.redaction.redact`` them before recording options anywhere.
 """
 
 from __future__ import annotations
@@ -33,16 +33,14 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import pyarrow.fs as pafs
 from pydantic import BaseModel, ConfigDict, model_validator
 
-S3_SCHEMES = ("s3", "s3a")
-REDACTED = "***"
+from pipeline.redaction import redact, redact_url
 
-# Key names whose values are secrets (matched case-insensitively as substrings).
-_SECRET_KEY_PARTS = ("key", "secret", "token", "password")
+S3_SCHEMES = ("s3", "s3a")
 
 # Environment variables that change how S3 is resolved: part of the cache key
 # of resolved filesystems so that a changed environment is honoured.
@@ -119,7 +117,7 @@ class S3Settings:
     session_token: str | None = field(default=None, repr=False)
 
     def describe(self) -> str:
-        endpoint = _redact_url(self.endpoint_url) if self.endpoint_url else "the AWS default"
+        endpoint = redact_url(self.endpoint_url) if self.endpoint_url else "the AWS default"
         region = f"region {self.region}" if self.region else "no region set"
         return f"endpoint {endpoint}, {region}, credentials from {self.credential_source}"
 
@@ -181,46 +179,6 @@ def _to_uri(path: str, like_uri: str) -> str:
 
 
 # ------------------------------------------------------------------ redaction
-
-
-def _is_secret_key(name: str) -> bool:
-    lowered = name.lower()
-    return any(part in lowered for part in _SECRET_KEY_PARTS)
-
-
-def _redact_url(value: str) -> str:
-    parts = urlsplit(value)
-    if parts.username is None and parts.password is None:
-        return value
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, f"{REDACTED}@{host}", parts.path, parts.query, parts.fragment))
-
-
-def redact(storage_options: Any) -> Any:
-    """A copy of ``storage_options`` with every secret replaced by ``"***"``.
-
-    Secrets are the values of keys containing key/secret/token/password (at any
-    nesting depth) and user info embedded in URLs (``http://user:pass@host``).
-    """
-    if storage_options is None:
-        return None
-    if isinstance(storage_options, BaseModel):
-        storage_options = storage_options.model_dump()
-    if isinstance(storage_options, Mapping):
-        redacted = {}
-        for name, value in storage_options.items():
-            if _is_secret_key(str(name)) and value is not None and not isinstance(value, bool):
-                redacted[name] = REDACTED
-            else:
-                redacted[name] = redact(value)
-        return redacted
-    if isinstance(storage_options, (list, tuple)):
-        return type(storage_options)(redact(item) for item in storage_options)
-    if isinstance(storage_options, str) and "@" in storage_options and "://" in storage_options:
-        return _redact_url(storage_options)
-    return storage_options
 
 
 # ---------------------------------------------------------- S3 configuration
@@ -344,7 +302,7 @@ def resolved_storage_options(storage_options: StorageOptionsLike = None) -> dict
     differ from the driver's (a Ray started before the variables were set, other
     nodes). Credentials the AWS SDK would find by itself (instance roles, the
     ``AWS_PROFILE`` chain) are left for each process to find. The result holds
-    secrets: pass it along, never log it (use :func:`redact`).
+    secrets: pass it along, never log it (use ``pipeline.redaction.redact``).
     """
     settings = resolve_s3_settings(storage_options)
     resolved: dict[str, Any] = {}

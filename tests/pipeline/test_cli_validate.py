@@ -1,6 +1,6 @@
 """``zipvl-batch validate`` / ``run`` on bad job files: exit code 2, the field named on stderr.
 
-The good-file path needs the runner (``runner.validate_job`` checks the input schema and
+The good-file path needs the runner (``preflight.validate_job`` checks the input schema and
 the model reference); that test is skipped while ``pipeline.runner`` is not importable.
 """
 

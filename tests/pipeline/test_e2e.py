@@ -311,7 +311,7 @@ def test_videos_and_questions_with_qwen2_vl(ray_cluster, tmp_path: Path):
 
 
 def test_problems_found_before_running_are_listed_by_field(tmp_path: Path):
-    from pipeline.runner import validate_job
+    from pipeline.preflight import validate_job
 
     spec = load_job(CAPTIONS_JOB, [
         "input.columns.image=photo",
@@ -369,13 +369,14 @@ def test_decoding_stays_a_separate_stage_from_generation(ray_cluster, tmp_path: 
     """Same resources for both stages (a CPU-only job) must not fuse decoding into the actors."""
     import pyarrow as pa
 
-    from pipeline.runner import configure_ray_data, plan_job
+    from pipeline.plan import plan_job
+    from pipeline.ray_setup import ray_data_settings
 
     spec = load_job(CAPTIONS_JOB, [f"output.path={tmp_path / 'out'}", "resources.cpus_per_worker=1"])
-    configure_ray_data()
-    plan = plan_job(spec, pa.array([], type=pa.string()))
-    capsys.readouterr()
-    plan.dataset.explain()
+    with ray_data_settings(num_input_files=1):
+        plan = plan_job(spec, pa.array([], type=pa.string()))
+        capsys.readouterr()
+        plan.dataset.explain()
     optimized = capsys.readouterr().out.split("Physical Plan (Optimized)")[-1]
     assert "ActorPoolMapOperator[MapBatches(GenerateStage)]" in optimized, optimized
     assert "MapBatches(DecodeStage)->MapBatches(GenerateStage)" not in optimized, optimized
@@ -394,6 +395,7 @@ def test_a_row_that_fails_to_generate_does_not_sink_its_batch():
     prompts = ["Describe it.", "And this one?", "Last one."]
     results = generate_rows(loaded, prompts, [[images[0]], [thin], [images[1]]], GenerationSettings(max_new_tokens=6))
     assert results[1].output is None and "aspect ratio" in results[1].error
+    assert results[1].error_kind == "preprocess"
     model, processor = reference_model("qwen2_vl", None)
     for result, prompt, image in [(results[0], prompts[0], images[0]), (results[2], prompts[2], images[1])]:
         expected = generate_one(model, processor, "qwen2_vl", prompt, [image], 6, patched=False)

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from pipeline.fault_injection import CRASH_AFTER_SHARDS_ENV, INTERRUPT_AFTER_SHARDS_ENV
 from pipeline.report import REPORT_NAME
-from pipeline.runner import CRASH_AFTER_SHARDS_ENV, INTERRUPT_AFTER_SHARDS_ENV
 from pipeline.sample_data import DEFAULT_DIR
 from tests.conftest import ACCELERATOR, CAPTIONS_JOB, read_output
 

@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline import storage
+from pipeline.redaction import redact
 
 if TYPE_CHECKING:
     from tests.s3_server import S3Server
@@ -96,7 +97,7 @@ def test_redact_hides_every_secret_and_keeps_the_rest():
         "nested": {"db_password": "value-of-pw", "AWS_SECRET_ACCESS_KEY": "value-2", "anonymous": False},
         "force_path_style": True,
     }
-    redacted = storage.redact(options)
+    redacted = redact(options)
     text = repr(redacted)
     for secret in ("AKIAEXAMPLE", "value-", "hunter2", "user:"):
         assert secret not in text

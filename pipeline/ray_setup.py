@@ -1,0 +1,116 @@
+"""Connect to Ray (or start a private local one) and set Ray Data up for a run.
+
+Ray Data's settings are process-wide (``DataContext``, logger levels, one environment
+variable): ``ray_data_settings`` applies them for the run and puts the previous
+values back afterwards, so a test or a notebook that runs a job keeps its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.errors import JobError
+
+# Ray Data's own progress lines duplicate ours.
+_QUIET_LOGGERS = ("ray.data._internal.progress", "ray.data._internal.execution.streaming_executor")
+# Seconds to wait for all generate actors to start (model downloads count).
+ACTOR_START_TIMEOUT_ENV = "ZIPVL_BATCH_ACTOR_START_TIMEOUT_S"
+FOOTER_ACTORS_ENV = "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS"
+
+
+def ensure_ray(spec: Any) -> bool:
+    """Connect to (or start) Ray as the job says; returns whether this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = spec.ray.address or os.environ.get("RAY_ADDRESS") or None
+    common = {"include_dashboard": False, "configure_logging": True, "logging_level": "WARNING"}
+    if address:
+        ray.init(address=address, **common)
+    else:
+        # "local" always starts a private Ray: a bare ray.init() would join whichever
+        # Ray was last started on this machine (someone else's job, say).
+        ray.init(address="local", num_cpus=spec.ray.num_cpus,
+                 resources=dict(spec.ray.resources) or None, **common)
+    return True
+
+
+@dataclass(frozen=True)
+class WorkerResources:
+    """What each generate actor asks Ray for."""
+
+    num_gpus: float
+    num_cpus: float
+    resources: dict[str, float]
+
+
+def worker_resources(spec: Any) -> WorkerResources:
+    """Resolve ``gpus_per_worker: auto`` and check that the cluster can place a worker."""
+    import ray
+
+    cluster = ray.cluster_resources()
+    requested = spec.resources.gpus_per_worker
+    gpus = (1.0 if cluster.get("GPU", 0) >= 1 else 0.0) if requested == "auto" else float(requested)
+    if gpus > 0 and cluster.get("GPU", 0) < gpus:
+        raise JobError(f"resources.gpus_per_worker: {gpus:g} GPU(s) per worker, but the Ray "
+                       f"cluster has {cluster.get('GPU', 0):g}")
+    resources: dict[str, float] = {}
+    accelerator = spec.resources.accelerator_resource
+    if accelerator:
+        if cluster.get(accelerator, 0) < 1:
+            raise JobError(f"resources.accelerator_resource: the Ray cluster has no {accelerator!r} "
+                           f"resource (it has: {', '.join(sorted(cluster))})")
+        resources[accelerator] = 1.0
+    cpus_per_worker = float(spec.resources.cpus_per_worker)
+    spare_cpus = cluster.get("CPU", 0) - spec.resources.workers * cpus_per_worker
+    if spare_cpus < 1:
+        # Reading and decoding run as 1-CPU tasks: with no CPU left over they never get
+        # scheduled and the job would wait forever.
+        raise JobError(
+            f"resources: {spec.resources.workers} worker(s) x cpus_per_worker "
+            f"{cpus_per_worker:g} leave {max(spare_cpus, 0):g} of the cluster's "
+            f"{cluster.get('CPU', 0):g} CPU(s) for reading and decoding (at least 1 is "
+            "needed); lower resources.cpus_per_worker (e.g. 0.5) or resources.workers")
+    return WorkerResources(gpus, cpus_per_worker, resources)
+
+
+# ------------------------------------------------------------------ the run
+
+
+@contextlib.contextmanager
+def ray_data_settings(num_input_files: int) -> Iterator[None]:
+    """Ray Data settings for one job run from this driver, restored when it ends."""
+    from ray.data import DataContext
+
+    context = DataContext.get_current()
+    # Start every generate actor (model loaded) before rows flow, so work spreads over
+    # all of them and a cluster that cannot place them fails with a message, not a hang.
+    settings = {"enable_progress_bars": False, "print_on_execution_start": False,
+                "wait_for_min_actors_s": int(os.environ.get(ACTOR_START_TIMEOUT_ENV, "3600"))}
+    saved_settings = {name: getattr(context, name) for name in settings}
+    saved_levels = {name: logging.getLogger(name).level for name in _QUIET_LOGGERS}
+    saved_footer_actors = os.environ.get(FOOTER_ACTORS_ENV)
+    for name, value in settings.items():
+        setattr(context, name, value)
+    for name in _QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING if "executor" in name else logging.ERROR)
+    # Ray Data 2.60 starts a pool of footer-reading actors per read (32 by default): for a
+    # few files that is tens of seconds of process start-up before the first row, which
+    # the benchmark measured; one actor per 64 files is plenty (the user's value wins).
+    if saved_footer_actors is None:
+        os.environ[FOOTER_ACTORS_ENV] = str(min(32, 1 + num_input_files // 64))
+    try:
+        yield
+    finally:
+        for name, value in saved_settings.items():
+            setattr(context, name, value)
+        for name, level in saved_levels.items():
+            logging.getLogger(name).setLevel(level)
+        if saved_footer_actors is None:
+            os.environ.pop(FOOTER_ACTORS_ENV, None)
