@@ -26,7 +26,7 @@ NVIDIA's kvpress presses run in their own environment: see ``kvpress_peer.py``.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
@@ -34,15 +34,13 @@ import torch
 
 import zipvl
 from benchmarks.experimental import qkv_with_local_rows
+from zipvl.attention import KeptOverride
 from zipvl.budget import fixed_budget
 from zipvl.patch import is_enabled, runtime_state
 
 STREAMING_SINK_TOKENS = 4
 SNAPKV_WINDOW = 32
 SNAPKV_POOLING = 5
-
-KeptOverride = Callable[[int, int, int], "torch.Tensor | None"]
-
 
 @dataclass(frozen=True)
 class Method:

@@ -31,7 +31,6 @@ from pipeline.row_sampling import PerRowSampler
 logger = logging.getLogger(__name__)
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-_QWEN_FAMILIES = ("qwen2_vl", "qwen2_5_vl")
 
 
 @dataclass
@@ -114,26 +113,17 @@ def load_model(settings: Any, zipvl_config: Any | None, device: str | torch.devi
 
 
 def load_processor(location: str, family: str, hub_kwargs: dict[str, Any]) -> Any:
-    """The checkpoint's processor; Qwen-VL falls back to an image-only processor.
-
-    Qwen2-VL's stock processor also builds a video processor, which needs
-    torchvision; the pipeline feeds video as frames (images), so an image-only
-    processor loses nothing where torchvision is missing.
-    """
+    """The checkpoint's processor: the stock one, or the family's image-only processor
+    where torchvision does not import (the stock one then cannot be built at all;
+    video reaches the model as frames, i.e. images, so nothing is lost)."""
     from transformers import AutoProcessor
 
-    try:
-        return AutoProcessor.from_pretrained(location, **hub_kwargs)
-    except Exception:
-        if family not in _QWEN_FAMILIES:
-            raise
-        from zipvl.testing.processors import (
-            Qwen2_5_VLImageOnlyProcessor,
-            Qwen2VLImageOnlyProcessor,
-        )
+    from pipeline.families import FAMILIES, torchvision_imports
 
-        image_only = Qwen2VLImageOnlyProcessor if family == "qwen2_vl" else Qwen2_5_VLImageOnlyProcessor
+    image_only = FAMILIES[family].image_only_processor
+    if image_only is not None and not torchvision_imports():
         return image_only.from_pretrained(location, **hub_kwargs)
+    return AutoProcessor.from_pretrained(location, **hub_kwargs)
 
 
 def generate_rows(

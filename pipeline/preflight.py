@@ -59,10 +59,10 @@ def _model_problems(spec: Any) -> list[str]:
     except Exception as error:
         return [f"{where}: cannot load the model configuration of {settings.label}: "
                 f"{first_line(error)}"]
-    from pipeline.presets import MODEL_FAMILIES
+    from pipeline.families import MODEL_TYPES
 
     family = settings.family if settings.family != "auto" else config.model_type
-    if family not in MODEL_FAMILIES:
+    if family not in MODEL_TYPES:
         return [f"{where}: model type {config.model_type!r} is not supported "
-                f"(supported: {', '.join(MODEL_FAMILIES)})"]
+                f"(supported: {', '.join(MODEL_TYPES)})"]
     return []

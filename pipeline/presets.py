@@ -29,14 +29,15 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
+from pipeline.families import MODEL_TYPES
+
 PresetKind = Literal["models", "zipvl"]
 
-#: Families the pipeline can run (the ``model_type`` of their Hugging Face configs).
-MODEL_FAMILIES: tuple[str, ...] = ("llava", "llava_next", "qwen2_vl", "qwen2_5_vl")
 DTYPES: tuple[str, ...] = ("auto", "float32", "bfloat16", "float16")
 
-Family = Literal["llava", "llava_next", "qwen2_vl", "qwen2_5_vl"]
-FamilyOrAuto = Literal["auto", "llava", "llava_next", "qwen2_vl", "qwen2_5_vl"]
+# The model types a job may name, from the one registry (``pipeline.families``).
+Family = Literal[MODEL_TYPES]  # type: ignore[valid-type]
+FamilyOrAuto = Literal[("auto", *MODEL_TYPES)]  # type: ignore[valid-type]
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 
 CONFIGS_ENV = "ZIPVL_BATCH_CONFIGS"

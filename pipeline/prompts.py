@@ -73,7 +73,9 @@ def limit_image_tokens(processor: Any, family: str, max_image_tokens: int | None
     (its image processor crops to one size) and LLaVA-NeXT's count follows its
     grid pinpoints, so the cap does not apply to them.
     """
-    if max_image_tokens is None or family not in ("qwen2_vl", "qwen2_5_vl"):
+    from pipeline.families import FAMILIES
+
+    if max_image_tokens is None or not FAMILIES[family].caps_image_tokens:
         return
     image_processor = processor.image_processor
     pixels_per_token = (image_processor.patch_size * image_processor.merge_size) ** 2

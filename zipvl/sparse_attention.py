@@ -18,8 +18,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-# Queries per chunk in the kv / kv_local path, at least the local window: memory is
-# O(chunk * (p + chunk + window)) per head.
+# Queries per chunk in the fused-mask kv / kv_local path (non-CPU tensors, and the
+# reference the split CPU path is tested against), at least the local window: memory
+# is O(chunk * (p + chunk + window)) per head.
 _MIN_QUERY_CHUNK = 256
 # Queries per chunk in the split CPU path (``_kept_keys_with_band_attention_split``),
 # tuned with ``benchmarks/bench_kernels.py``: smaller chunks shrink the masked part,

@@ -1,9 +1,10 @@
 """Synthetic test images and chat-formatted model inputs for the tiny models.
 
-`build_inputs` is the one place that turns (prompt, images) into model
-inputs through a family's chat template and processor; the pipeline and the
-ZipVL tests share it. A video is fed as its frames, i.e. several images in
-one prompt.
+`build_inputs` turns (prompt, images) into model inputs through a family's
+chat template and processor, for the ZipVL tests and as the independent
+reference of the pipeline's end-to-end tests (the pipeline builds its own in
+``pipeline/prompts.py``, so a mistake in either shows). A video is fed as its
+frames, i.e. several images in one prompt.
 """
 
 from __future__ import annotations

@@ -48,6 +48,8 @@ QWEN_MIN_PIXELS = 32 * 32
 QWEN_MAX_PIXELS = 64 * 64
 
 
+# The pipeline's own copies live in ``pipeline/families.py``: zipvl never imports
+# pipeline, and the pipeline imports nothing from zipvl.testing but the tiny presets.
 class Qwen2VLImageOnlyProcessor(Qwen2VLProcessor):
     """`Qwen2VLProcessor` without a video processor (which would need torchvision).
 

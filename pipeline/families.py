@@ -1,0 +1,71 @@
+"""The model families the pipeline runs: the one list, and what differs between them.
+
+A family is a Hugging Face ``model_type``. Everything else in the pipeline that
+depends on the family asks this registry: which types a job may name (``presets``,
+``spec``, ``preflight``), whether ``max_image_tokens`` applies (``prompts``), and
+which processor to load where the stock one cannot be built (``model_runner``).
+Every family goes through ``zipvl.enable`` (a test checks each is in
+``zipvl.SUPPORTED_MODEL_TYPES``) and reads video as frames (a multi-image prompt).
+
+Qwen2-VL and Qwen2.5-VL's stock processors also build a video processor, which
+needs torchvision; without it they fail to construct even for images. Their
+image-only subclasses drop that one argument from ``__init__`` (transformers reads
+the sub-processors from its signature), so construction, ``from_pretrained`` and
+``save_pretrained`` work without torchvision and everything else is inherited.
+``zipvl.testing`` keeps its own two-line copies for its tiny checkpoints: ``zipvl``
+never imports ``pipeline``.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+from transformers import ProcessorMixin, Qwen2_5_VLProcessor, Qwen2VLProcessor
+
+
+class Qwen2VLImageOnlyProcessor(Qwen2VLProcessor):
+    """``Qwen2VLProcessor`` without a video processor (which would need torchvision)."""
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        super().__init__(image_processor, tokenizer, chat_template=chat_template, **kwargs)
+
+
+class Qwen2_5_VLImageOnlyProcessor(Qwen2_5_VLProcessor):
+    """``Qwen2_5_VLProcessor`` without a video processor (see ``Qwen2VLImageOnlyProcessor``)."""
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        super().__init__(image_processor, tokenizer, chat_template=chat_template, **kwargs)
+
+
+@dataclass(frozen=True)
+class Family:
+    """What the pipeline needs to know about one model family."""
+
+    model_type: str
+    # max_image_tokens caps its visual tokens (its processor resizes to a pixel budget;
+    # LLaVA-1.5 has a fixed count and LLaVA-NeXT's follows its grid pinpoints).
+    caps_image_tokens: bool = False
+    # Loaded instead of the stock processor when torchvision does not import.
+    image_only_processor: type[ProcessorMixin] | None = None
+
+
+FAMILIES: dict[str, Family] = {family.model_type: family for family in (
+    Family("llava"),
+    Family("llava_next"),
+    Family("qwen2_vl", caps_image_tokens=True, image_only_processor=Qwen2VLImageOnlyProcessor),
+    Family("qwen2_5_vl", caps_image_tokens=True,
+           image_only_processor=Qwen2_5_VLImageOnlyProcessor),
+)}
+MODEL_TYPES: tuple[str, ...] = tuple(FAMILIES)
+
+
+@functools.cache
+def torchvision_imports() -> bool:
+    """Whether torchvision imports here (installed is not enough: a build for another
+    torch fails at import)."""
+    try:
+        import torchvision  # noqa: F401
+    except Exception:
+        return False
+    return True
