@@ -30,7 +30,8 @@ CONFIG = zipvl.ZipVLConfig(tau=0.85)
 NEW_TOKENS = 4
 
 
-def _batch(family, processor, word_counts=(160, 140)):
+def batch_of_prompts(family, processor, word_counts=(160, 140)):
+    """A left-padded batch of word-salad prompts (one image each for vision families)."""
     rng = random.Random(3)
     prompts = [" ".join(rng.choice(WORDS) for _ in range(count)) for count in word_counts]
     images = None
@@ -128,7 +129,7 @@ def _measured_kept_bytes(cache: ZipVLCache) -> int:
 @pytest.mark.parametrize("family", SUPPORTED_FAMILIES)
 def test_cache_holds_kept_tokens_and_their_bytes(family):
     model, processor = build_tiny_model(family)
-    inputs = _batch(family, processor)
+    inputs = batch_of_prompts(family, processor)
     zipvl.enable(model, CONFIG)
     try:
         with torch.no_grad():
@@ -161,7 +162,7 @@ def test_cache_holds_kept_tokens_and_their_bytes(family):
 @pytest.mark.parametrize("family", ["llama", "qwen2_vl"])
 def test_user_cache_and_generate_cache_give_the_same_tokens(family):
     model, processor = build_tiny_model(family)
-    inputs = _batch(family, processor)
+    inputs = batch_of_prompts(family, processor)
     zipvl.enable(model, CONFIG)
     try:
         with torch.no_grad():
@@ -201,7 +202,7 @@ def _first_decode_positions(model, inputs):
 @pytest.mark.parametrize("family", SUPPORTED_FAMILIES)
 def test_generate_decodes_at_uncompressed_positions(family):
     model, processor = build_tiny_model(family)
-    inputs = _batch(family, processor)
+    inputs = batch_of_prompts(family, processor)
     dense_positions = _first_decode_positions(model, inputs)
     zipvl.enable(model, CONFIG)
     try:
@@ -239,7 +240,7 @@ def _manual_decode_step(model, inputs):
 @pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "llava", "qwen2_vl", "qwen2_5_vl"])
 def test_manual_decoding_continues_from_the_logical_length(family):
     model, processor = build_tiny_model(family)
-    inputs = _batch(family, processor, word_counts=(160,))
+    inputs = batch_of_prompts(family, processor, word_counts=(160,))
     dense_positions, dense_logits = _manual_decode_step(model, inputs)
     zipvl.enable(model, CONFIG)
     try:

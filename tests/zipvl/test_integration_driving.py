@@ -14,18 +14,15 @@ CI runs this file on the lowest and the newest supported transformers.
 
 from __future__ import annotations
 
-import random
-
 import pytest
 import torch
 import transformers
 from packaging.version import Version
 
 import zipvl
-from zipvl.testing import VISION_FAMILIES, build_inputs, build_tiny_model, make_test_image
+from tests.zipvl.test_integration_cache import batch_of_prompts
+from zipvl.testing import build_tiny_model
 
-WORDS = ("rivers carry small stones down from the mountains to the sea where waves "
-         "break them into sand over many long years").split()
 NEW_TOKENS = 5
 COMPRESSING = zipvl.ZipVLConfig(tau=0.85)
 EXACT = zipvl.ZipVLConfig(tau=1.0)
@@ -37,12 +34,7 @@ ALL_FAMILIES = (*POSITION_ID_FAMILIES, "qwen2_vl", "qwen2_5_vl")
 
 
 def _ragged_batch(family, processor, word_counts=(150, 120)):
-    rng = random.Random(5)
-    prompts = [" ".join(rng.choice(WORDS) for _ in range(count)) for count in word_counts]
-    images = None
-    if family in VISION_FAMILIES:
-        images = [[make_test_image(41 + sample)] for sample in range(len(prompts))]
-    return build_inputs(processor, family, prompts, images)
+    return batch_of_prompts(family, processor, word_counts)
 
 
 @torch.no_grad()
