@@ -451,7 +451,7 @@ def compare_outputs(pipeline_output: Path, baseline_output: Path) -> dict[str, A
 
 def job_settings(model: str, model_path: Path, zipvl: str | None) -> dict[str, Any]:
     """Prompt, ZipVL config and generation settings exactly as the pipeline resolves them."""
-    from pipeline.spec import load_job
+    from pipeline.job_file import load_job
 
     overrides = (["model.preset=tiny-llava"] if model == "tiny-llava"
                  else [f"model.name_or_path={model_path}"])

@@ -100,7 +100,7 @@ def _exit(code: int) -> NoReturn:
 
 def _load_spec(job_file: str, overrides: Iterable[str]) -> JobSpec:
     from pipeline.errors import SpecError
-    from pipeline.spec import load_job
+    from pipeline.job_file import load_job
 
     try:
         spec = load_job(job_file, list(overrides))

@@ -5,8 +5,8 @@ A job file (YAML) has the sections ``input``, ``task``, ``model``, ``zipvl``,
 a commented example and issue 3 for the requirements). Every section forbids unknown
 keys, so a typo is an error naming the key instead of a silently ignored setting.
 
-``load_job(path, overrides)`` reads the file, applies ``--set key.path=value``
-overrides to the raw mapping, then validates. Every problem becomes a
+``job_file.load_job(path, overrides)`` reads the file, applies ``--set key.path=value``
+overrides to the raw mapping (``overrides``), then validates here. Every problem becomes a
 ``SpecError`` whose lines start with the field path (``zipvl.tau: must be in
 (0, 1], got 1.5``). Presets (``configs/models``, ``configs/zipvl``) are resolved
 during validation, so a spec that loaded has a usable model reference and ZipVL
@@ -24,12 +24,9 @@ import difflib
 import json
 import os
 import re
-import typing
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -55,6 +52,8 @@ DEFAULT_CAPTION_PROMPT = "Describe this image in one sentence."
 QUESTION_PLACEHOLDER = "{question}"
 DEFAULT_VQA_PROMPT = QUESTION_PLACEHOLDER
 DEFAULT_ZIPVL_PRESET = "default"
+# What a zipvl: mapping may hold: ZipVLConfig's fields, and enabled (false: dense).
+ZIPVL_KEYS: tuple[str, ...] = (*(f.name for f in dataclasses.fields(ZipVLConfig)), "enabled")
 # Above the sample's 3 broken images in 40 (7.5%); a real dataset with more than one
 # row in ten failing is more likely a wrong column or path than bad media.
 DEFAULT_MAX_ERROR_FRACTION = 0.1
@@ -74,7 +73,7 @@ def _suggest(key: str, known: Iterable[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _unknown_key(key: str, known: Iterable[str]) -> str:
+def unknown_key(key: str, known: Iterable[str]) -> str:
     known = sorted(known)
     return f"unknown key {key!r}{_suggest(key, known)}; known keys: {', '.join(known)}"
 
@@ -107,7 +106,7 @@ def _check_storage_options(value: Any) -> dict[str, Any]:
         item = error.errors(include_url=False, include_input=False)[0]
         loc = ".".join(str(part) for part in item["loc"])
         if item["type"] == "extra_forbidden":
-            raise _field_error(loc, _unknown_key(loc, StorageOptions.model_fields)) from None
+            raise _field_error(loc, unknown_key(loc, StorageOptions.model_fields)) from None
         raise _field_error(loc, item["msg"].removeprefix("Value error, ")
                            .removeprefix("storage_options: ")) from None
     return dict(value)
@@ -293,10 +292,9 @@ def resolve_zipvl(value: bool | str | dict[str, Any]) -> ZipVLConfig | None:
             raise _zipvl_problem("enabled", "false means dense (no ZipVL); remove the other "
                                  f"keys ({', '.join(sorted(map(str, mapping)))})", origin)
         return None
-    known = [f.name for f in dataclasses.fields(ZipVLConfig)] + ["enabled"]
     for key in mapping:
-        if key not in known:
-            raise _zipvl_problem(str(key), _unknown_key(str(key), known), origin)
+        if key not in ZIPVL_KEYS:
+            raise _zipvl_problem(str(key), unknown_key(str(key), ZIPVL_KEYS), origin)
     dense_layers = mapping.get("dense_layers", [])
     if not isinstance(dense_layers, (list, tuple)):
         raise _zipvl_problem("dense_layers", "must be a list of layer indices", origin)
@@ -311,8 +309,8 @@ def resolve_zipvl(value: bool | str | dict[str, Any]) -> ZipVLConfig | None:
 
 
 def _check_zipvl_value(value: Any) -> bool | str | dict[str, Any]:
+    # Its shape only: JobSpec resolves it once, after the other fields (_cross_checks).
     if isinstance(value, (bool, dict)) or (isinstance(value, str) and value.strip()):
-        resolve_zipvl(value)  # errors now, with the field path; the job keeps the value as given
         return value
     raise _field_error("", "must be a preset name (configs/zipvl), a path to a preset file, "
                            "a mapping of ZipVLConfig fields, or false for dense")
@@ -403,7 +401,12 @@ class JobSpec(_Section):
                                "only task.type vqa reads a prompt column; remove it for caption")
         if self.input.path == self.output.path:
             raise _field_error("output.path", "must differ from input.path")
-        self._zipvl_config = resolve_zipvl(self.zipvl)
+        try:
+            self._zipvl_config = resolve_zipvl(self.zipvl)
+        except PydanticCustomError as error:  # its field path is relative to zipvl
+            field = str((error.context or {}).get("field", ""))
+            raise _field_error(f"zipvl.{field}" if field else "zipvl",
+                               str((error.context or {}).get("message", error))) from None
         return self
 
     def zipvl_config(self) -> ZipVLConfig | None:
@@ -439,8 +442,9 @@ class JobSpec(_Section):
 # ---------------------------------------------------------------- error messages
 
 
-def _section_class(path: Iterable[str]) -> type[BaseModel] | None:
-    """The section model at a field path of the job (None where the path leaves the models)."""
+def section_at(path: Iterable[str]) -> type[BaseModel] | None:
+    """The section model at a field path of the job (None where the path leaves the
+    models): the one walk of the schema tree, for error messages and ``--set``."""
     cls: type[BaseModel] = JobSpec
     for part in path:
         field = cls.model_fields.get(part)
@@ -461,9 +465,9 @@ def format_validation_error(error: ValidationError) -> list[str]:
             loc += [part for part in str(ctx.get("field", "")).split(".") if part]
             message = str(ctx.get("message", item["msg"]))
         elif item["type"] == "extra_forbidden":
-            section = _section_class(loc[:-1])
+            section = section_at(loc[:-1])
             known = section.model_fields if section is not None else []
-            message = _unknown_key(loc[-1], known) if known else f"unknown key {loc[-1]!r}"
+            message = unknown_key(loc[-1], known) if known else f"unknown key {loc[-1]!r}"
         elif item["type"] == "missing":
             message = "required, but missing"
         else:
@@ -478,204 +482,3 @@ def parse_job(values: dict[str, Any]) -> JobSpec:
         return JobSpec.model_validate(values)
     except ValidationError as error:
         raise SpecError(format_validation_error(error)) from None
-
-
-# ---------------------------------------------------------------- reading job files
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that rejects duplicate keys (the second one would silently win)."""
-
-
-def _mapping_without_duplicates(loader: _StrictLoader, node: yaml.MappingNode) -> dict:
-    seen = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node)
-        if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark)
-        seen.add(key)
-    return loader.construct_mapping(node)
-
-
-_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
-                              _mapping_without_duplicates)
-
-
-def read_job_file(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The raw mapping in a job file; ``SpecError`` for a missing file or bad YAML."""
-    file = Path(path)
-    if not file.is_file():
-        raise SpecError(f"job file not found: {path}")
-    try:
-        text = file.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise SpecError(f"cannot read job file {path}: {error}") from None
-    try:
-        values = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
-    except yaml.MarkedYAMLError as error:
-        mark = error.problem_mark or error.context_mark
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        raise SpecError(f"{where}: invalid YAML: {error.problem or error.context}") from None
-    except yaml.YAMLError as error:
-        raise SpecError(f"{path}: invalid YAML: {error}") from None
-    if values is None:
-        raise SpecError(f"{path}: the job file is empty")
-    if not isinstance(values, dict):
-        raise SpecError(f"{path}: a job file is a mapping of sections (input, task, model, "
-                        f"zipvl, generation, resources, output, ray), got {type(values).__name__}")
-    return values
-
-
-# ---------------------------------------------------------------- --set overrides
-
-_INT = re.compile(r"[-+]?(0|[1-9][0-9]*)")
-_FLOAT = re.compile(r"[-+]?(([0-9]+\.[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?|[0-9]+[eE][-+]?[0-9]+)")
-
-
-def parse_override_value(text: str) -> Any:
-    """A ``--set`` value as a YAML scalar: null/~/empty, true/false, numbers, else the text.
-
-    Narrower than YAML on purpose: ``yes``/``no`` stay strings, a ``#`` or ``: `` inside a
-    prompt is kept. Flow collections (``[0, 1]``, ``{gpu_slot: 2}``) and quoted strings
-    (``'007'``) are parsed as YAML.
-    """
-    stripped = text.strip()
-    lowered = stripped.lower()
-    if lowered in ("", "null", "~"):
-        return None
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    if _INT.fullmatch(stripped):
-        return int(stripped)
-    if _FLOAT.fullmatch(stripped):
-        return float(stripped)
-    quoted = len(stripped) >= 2 and stripped[0] == stripped[-1] and stripped[0] in "'\""
-    if stripped[0] in "[{" or quoted:
-        try:
-            return yaml.safe_load(stripped)
-        except yaml.YAMLError as error:
-            problem = getattr(error, "problem", None) or error
-            raise ValueError(f"not valid YAML: {problem}") from None
-    return text
-
-
-def _check_override_path(keys: list[str]) -> None:
-    """Reject a path the job schema cannot hold, naming the first bad key."""
-    cls: type[BaseModel] = JobSpec
-    for depth, key in enumerate(keys):
-        here = ".".join(keys[:depth])
-        if key not in cls.model_fields:
-            raise ValueError(_unknown_key(key, cls.model_fields))
-        rest = keys[depth + 1:]
-        if not rest:
-            return
-        annotation = cls.model_fields[key].annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            cls = annotation
-            continue
-        path = f"{here}.{key}" if here else key
-        if path == "zipvl":
-            known = [f.name for f in dataclasses.fields(ZipVLConfig)] + ["enabled"]
-            if rest[0] not in known:
-                raise ValueError(_unknown_key(rest[0], known))
-            if len(rest) > 1:
-                raise ValueError(f"zipvl.{rest[0]} is a value, not a section")
-            return
-        if path in ("input.storage_options", "output.storage_options", "ray.resources"):
-            if len(rest) > 1:
-                raise ValueError(f"{path}.{rest[0]} is a value, not a section")
-            return
-        raise ValueError(f"{path} is a value, not a section")
-
-
-def _is_text_field(keys: list[str]) -> bool:
-    """Whether ``keys`` names a plain text field (a prompt, a path, a name).
-
-    Such values are kept as written: a VQA template like ``{question} Answer briefly.``
-    is text, not a YAML flow mapping.
-    """
-    cls: type[BaseModel] = JobSpec
-    for key in keys[:-1]:
-        annotation = cls.model_fields[key].annotation if key in cls.model_fields else None
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-            return False
-        cls = annotation
-    field_info = cls.model_fields.get(keys[-1])
-    if field_info is None:
-        return False
-    annotation = field_info.annotation
-    return annotation is str or set(typing.get_args(annotation)) == {str, type(None)}
-
-
-def _parse_text_override(text: str) -> str | None:
-    stripped = text.strip()
-    if stripped.lower() in ("null", "~"):
-        return None
-    quoted = len(stripped) >= 2 and stripped[0] == stripped[-1] and stripped[0] in "'\""
-    return stripped[1:-1] if quoted else text
-
-
-def _expand_zipvl(current: Any) -> dict[str, Any]:
-    """Turn a ``zipvl:`` preset name into its mapping so one field can be overridden."""
-    if current is None:
-        current = DEFAULT_ZIPVL_PRESET
-    if current is True:
-        return {}
-    if current is False:
-        raise ValueError("zipvl is false (dense); choose a preset first, "
-                         "e.g. --set zipvl=default --set zipvl.tau=0.96")
-    if isinstance(current, str):
-        return dict(presets.load_zipvl_preset(current))
-    raise ValueError("zipvl must be a preset name or a mapping to set one of its fields")
-
-
-def apply_override(values: dict[str, Any], override: str) -> None:
-    """Apply one ``key.path=value`` to a raw job mapping, in place.
-
-    Setting ``model.preset`` or ``model.name_or_path`` drops the other, so
-    ``--set model.name_or_path=llava-hf/llava-1.5-7b-hf`` switches a preset job to a
-    checkpoint in one override.
-    """
-    key, sep, text = override.partition("=")
-    key = key.strip()
-    keys = key.split(".")
-    if not sep or not key or not all(keys):
-        # Only the key part is echoed: a value may be a credential.
-        raise SpecError(f"--set {key!r}: expected KEY.PATH=VALUE, "
-                        f"e.g. --set resources.workers=2")
-    try:
-        _check_override_path(keys)
-        value = (_parse_text_override(text) if _is_text_field(keys)
-                 else parse_override_value(text))
-        node = values
-        for depth, part in enumerate(keys[:-1]):
-            child = node.get(part)
-            if depth == 0 and part == "zipvl" and not isinstance(child, dict):
-                child = _expand_zipvl(child)
-            elif child is None:
-                child = {}
-            elif not isinstance(child, dict):
-                raise ValueError(f"{'.'.join(keys[:depth + 1])} in the job file is not a mapping")
-            else:
-                child = dict(child)
-            node[part] = child
-            node = child
-        node[keys[-1]] = value
-    except (ValueError, presets.PresetError) as error:
-        # The value is not echoed: it may be a credential.
-        raise SpecError(f"--set {key}: {error}") from None
-    if keys[:1] == ["model"] and len(keys) == 2 and value is not None:
-        other = {"preset": "name_or_path", "name_or_path": "preset"}.get(keys[1])
-        if other is not None:
-            values["model"].pop(other, None)
-
-
-def load_job(path: str | os.PathLike[str], overrides: Iterable[str] = ()) -> JobSpec:
-    """Read, override and validate a job file. ``name`` defaults to the file's stem."""
-    values = read_job_file(path)
-    for override in overrides:
-        apply_override(values, override)
-    if "name" not in values:
-        values["name"] = Path(path).stem
-    return parse_job(values)

@@ -117,8 +117,8 @@ SAMPLE_OVERRIDES = (
 @pytest.fixture(scope="session")
 def sample_caption_run(ray_cluster: RayCluster, tmp_path_factory: pytest.TempPathFactory) -> JobRun:
     """``jobs/captions.yaml`` (tiny LLaVA) on the shipped sample, run once for the session."""
+    from pipeline.job_file import load_job
     from pipeline.runner import run_job
-    from pipeline.spec import load_job
 
     output_dir = tmp_path_factory.mktemp("sample-captions") / "out"
     spec = load_job(CAPTIONS_JOB, [*SAMPLE_OVERRIDES, f"output.path={output_dir}"])

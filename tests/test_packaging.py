@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -74,9 +75,22 @@ def test_the_lowest_transformers_pass_reads_the_lower_bound():
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
+    # Built from a copy of the checkout (ignored files left out): setuptools leaves build/ in the source
+    # folder and would package stale modules from an earlier build.
+    source = tmp_path_factory.mktemp("source") / "zipvl-batch"
+    tracked = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+                             cwd=REPO_ROOT, capture_output=True,
+                             text=True, check=True).stdout.splitlines()
+    for name in tracked:
+        target = source / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if (REPO_ROOT / name).is_symlink():
+            target.symlink_to(os.readlink(REPO_ROOT / name))
+        elif (REPO_ROOT / name).is_file():
+            shutil.copy2(REPO_ROOT / name, target)
     folder = tmp_path_factory.mktemp("wheel")
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                    "-q", "-w", str(folder), str(REPO_ROOT)], check=True, capture_output=True)
+                    "-q", "-w", str(folder), str(source)], check=True, capture_output=True)
     (built,) = folder.glob("zipvl_batch-*.whl")
     return built
 

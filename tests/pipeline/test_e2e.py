@@ -24,11 +24,11 @@ from PIL import Image
 
 import zipvl
 from pipeline.errors import JobError
+from pipeline.job_file import load_job
 from pipeline.media import decode_video
 from pipeline.report import REPORT_NAME
 from pipeline.runner import run_job
 from pipeline.sample_data import BROKEN_ROWS, DEFAULT_DIR, IMAGE_TYPE
-from pipeline.spec import load_job
 from tests.conftest import ACCELERATOR, CAPTIONS_JOB, JobRun, read_output
 from zipvl.testing import build_inputs, load_processor, tiny_model_path
 

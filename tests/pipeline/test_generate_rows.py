@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 
 from pipeline.errors import SystemFault
+from pipeline.job_file import load_job
 from pipeline.model_runner import GenerationSettings, context_length, generate_rows, load_model
-from pipeline.spec import load_job
 from tests.conftest import CAPTIONS_JOB
 from zipvl.testing import make_test_image
 

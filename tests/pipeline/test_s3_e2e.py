@@ -21,10 +21,10 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.job_file import load_job
 from pipeline.report import REPORT_NAME
 from pipeline.runner import run_job
 from pipeline.sample_data import IMAGE_TYPE, image_rows
-from pipeline.spec import load_job
 from tests.conftest import ACCELERATOR
 
 if TYPE_CHECKING:

@@ -20,13 +20,9 @@ from hypothesis import strategies as st
 
 from pipeline import presets
 from pipeline.errors import JobError, SpecError
-from pipeline.spec import (
-    DEFAULT_CAPTION_PROMPT,
-    JobSpec,
-    load_job,
-    parse_job,
-    parse_override_value,
-)
+from pipeline.job_file import load_job
+from pipeline.overrides import parse_override_value
+from pipeline.spec import DEFAULT_CAPTION_PROMPT, JobSpec, parse_job
 from zipvl.config import ZipVLConfig
 
 ROOT = Path(__file__).resolve().parents[2]

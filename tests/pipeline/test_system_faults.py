@@ -21,8 +21,8 @@ import pytest
 from ray import cloudpickle
 
 from pipeline.errors import JobError
+from pipeline.job_file import load_job
 from pipeline.runner import run_job
-from pipeline.spec import load_job
 from pipeline.stages import GenerateStage
 from tests.conftest import ACCELERATOR, CAPTIONS_JOB
 from tests.pipeline.test_e2e import png
