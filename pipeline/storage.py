@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import functools
 import os
-import posixpath
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -157,30 +156,6 @@ def _check_scheme(uri: str) -> str:
     return scheme
 
 
-def join(uri: str, *parts: str) -> str:
-    """Join path parts onto a local path or URI (``/`` separated, no double slashes)."""
-    uri = str(uri)
-    if not parts:
-        return uri
-    if "://" in uri:
-        base = uri.rstrip("/")
-        tail = posixpath.join(*(str(part).strip("/") for part in parts))
-        return f"{base}/{tail}"
-    return os.path.join(uri, *(str(part) for part in parts))
-
-
-def _to_uri(path: str, like_uri: str) -> str:
-    """A pyarrow filesystem path back to a URI of the same kind as ``like_uri``."""
-    if is_s3(like_uri):
-        return f"{urlsplit(like_uri).scheme}://{path}"
-    if urlsplit(like_uri).scheme == "file":
-        return f"file://{path}"
-    return path
-
-
-# ------------------------------------------------------------------ redaction
-
-
 # ---------------------------------------------------------- S3 configuration
 
 
@@ -294,28 +269,6 @@ def resolve_s3_settings(storage_options: StorageOptionsLike = None) -> S3Setting
     )
 
 
-def resolved_storage_options(storage_options: StorageOptionsLike = None) -> dict[str, Any]:
-    """The S3 configuration resolved in this process, as explicit ``storage_options``.
-
-    Hand these (not the job's own options) to code that runs in other processes,
-    such as Ray workers reading image paths: their environment and AWS files may
-    differ from the driver's (a Ray started before the variables were set, other
-    nodes). Credentials the AWS SDK would find by itself (instance roles, the
-    ``AWS_PROFILE`` chain) are left for each process to find. The result holds
-    secrets: pass it along, never log it (use ``pipeline.redaction.redact``).
-    """
-    settings = resolve_s3_settings(storage_options)
-    resolved: dict[str, Any] = {}
-    if settings.endpoint_url:
-        resolved["endpoint_url"] = settings.endpoint_url
-    if settings.region:
-        resolved["region"] = settings.region
-    if settings.force_path_style is not None:
-        resolved["force_path_style"] = settings.force_path_style
-    resolved.update(_credential_fields(settings))
-    return resolved
-
-
 def _s3_filesystem(settings: S3Settings) -> pafs.S3FileSystem:
     kwargs: dict[str, Any] = {}
     if settings.region:
@@ -389,36 +342,6 @@ def describe_location(uri: str, storage_options: StorageOptionsLike = None) -> s
     return f"{uri} ({settings.describe()})"
 
 
-def fsspec_filesystem(uri: str, storage_options: StorageOptionsLike = None):
-    """An fsspec filesystem with the same configuration, for libraries that need fsspec."""
-    if not is_s3(uri):
-        _check_scheme(uri)
-        import fsspec
-
-        return fsspec.filesystem("file")
-    import s3fs
-
-    settings = resolve_s3_settings(storage_options)
-    kwargs: dict[str, Any] = {}
-    client_kwargs: dict[str, Any] = {}
-    if settings.endpoint_url:
-        kwargs["endpoint_url"] = settings.endpoint_url
-    if settings.region:
-        client_kwargs["region_name"] = settings.region
-    if settings.force_path_style is not None:
-        style = "path" if settings.force_path_style else "virtual"
-        kwargs["config_kwargs"] = {"s3": {"addressing_style": style}}
-    if settings.anonymous:
-        kwargs["anon"] = True
-    elif settings.access_key is not None:
-        kwargs.update(key=settings.access_key, secret=settings.secret_key)
-        if settings.session_token:
-            kwargs["token"] = settings.session_token
-    if client_kwargs:
-        kwargs["client_kwargs"] = client_kwargs
-    return s3fs.S3FileSystem(**kwargs)
-
-
 # pyarrow spells AWS error codes in upper snake case, botocore/s3fs in CamelCase.
 _ACCESS_DENIED = re.compile(
     r"ACCESS_DENIED|AccessDenied|SIGNATURE_DOES_NOT_MATCH|SignatureDoesNotMatch"
@@ -454,20 +377,6 @@ def explain_storage_error(
     return StorageError(f"cannot {action} {where}: {hint} [{message}]")
 
 
-def check_access(uri: str, storage_options: StorageOptionsLike = None) -> pafs.FileInfo:
-    """Stat ``uri`` (file or directory), raising :class:`StorageError` with a clear hint."""
-    filesystem, path = resolve_filesystem(uri, storage_options)
-    try:
-        return filesystem.get_file_info(path)
-    except OSError as error:
-        raise explain_storage_error("access", uri, storage_options, error) from error
-
-
-def exists(uri: str, storage_options: StorageOptionsLike = None) -> bool:
-    """Whether a file or directory (S3: an object or a non-empty prefix) exists at ``uri``."""
-    return check_access(uri, storage_options).type != pafs.FileType.NotFound
-
-
 def read_bytes(uri: str, storage_options: StorageOptionsLike = None) -> bytes:
     """The whole content of one file (e.g. an image cell that holds a path or URI)."""
     filesystem, path = resolve_filesystem(uri, storage_options)
@@ -478,34 +387,3 @@ def read_bytes(uri: str, storage_options: StorageOptionsLike = None) -> bytes:
         raise StorageError(f"file not found: {describe_location(uri, storage_options)}") from error
     except OSError as error:
         raise explain_storage_error("read", uri, storage_options, error) from error
-
-
-def write_bytes(uri: str, data: bytes, storage_options: StorageOptionsLike = None) -> None:
-    """Write one whole file (S3: one object; local: parent folders are created)."""
-    filesystem, path = resolve_filesystem(uri, storage_options)
-    try:
-        if not is_s3(uri):  # S3 has no folders to create
-            filesystem.create_dir(os.path.dirname(path), recursive=True)
-        with filesystem.open_output_stream(path) as stream:
-            stream.write(data)
-    except OSError as error:
-        raise explain_storage_error("write", uri, storage_options, error) from error
-
-
-def list_files(dir_uri: str, suffix: str = "", storage_options: StorageOptionsLike = None) -> list[str]:
-    """URIs of the files under ``dir_uri`` (recursive) ending with ``suffix``, sorted.
-
-    A missing directory gives an empty list. Results keep the form of
-    ``dir_uri`` (``s3://...`` stays a URI; local paths come back absolute).
-    """
-    filesystem, path = resolve_filesystem(dir_uri, storage_options)
-    selector = pafs.FileSelector(path, recursive=True, allow_not_found=True)
-    try:
-        infos = filesystem.get_file_info(selector)
-    except OSError as error:
-        raise explain_storage_error("list", dir_uri, storage_options, error) from error
-    return sorted(
-        _to_uri(info.path, dir_uri)
-        for info in infos
-        if info.type == pafs.FileType.File and info.path.endswith(suffix)
-    )

@@ -23,6 +23,21 @@ if TYPE_CHECKING:
 pytest_plugins = ["tests.s3_server"]
 
 
+def _put(uri: str, data: bytes, storage_options=None) -> None:
+    """Write one object through the filesystem the pipeline resolves."""
+    filesystem, path = storage.resolve_filesystem(uri, storage_options)
+    with filesystem.open_output_stream(path) as stream:
+        stream.write(data)
+
+
+def _list(directory_uri: str, suffix: str, storage_options=None) -> list[str]:
+    """The files under a folder, as URIs, through the filesystem the pipeline resolves."""
+    filesystem, path = storage.resolve_filesystem(directory_uri, storage_options)
+    infos = filesystem.get_file_info(pafs.FileSelector(path.rstrip("/"), recursive=True))
+    return sorted(f"s3://{info.path}" for info in infos
+                  if info.type == pafs.FileType.File and info.path.endswith(suffix))
+
+
 def _sample_table(num_rows: int = 17) -> pa.Table:
     return pa.table(
         {
@@ -61,27 +76,9 @@ def test_file_uri_and_plain_path_name_the_same_file(tmp_path):
     assert _read_parquet(f"file://{tmp_path}/a.parquet").equals(table)
 
 
-def test_local_helpers_round_trip(tmp_path):
-    target = storage.join(str(tmp_path), "nested", "blob.bin")
-    assert not storage.exists(target)
-    storage.write_bytes(target, b"\x00payload\xff")
-    assert storage.exists(target)
-    assert storage.read_bytes(target) == b"\x00payload\xff"
-    storage.write_bytes(storage.join(str(tmp_path), "nested", "other.txt"), b"x")
-    assert storage.list_files(str(tmp_path), ".bin") == [target]
-    assert storage.list_files(str(tmp_path / "missing"), ".bin") == []
-
-
 def test_unsupported_scheme_is_a_clear_error():
     with pytest.raises(storage.StorageError, match="unsupported storage scheme 'gs'"):
         storage.resolve_filesystem("gs://bucket/key")
-
-
-def test_join_uri_and_local():
-    assert storage.join("s3://bucket/prefix/", "out", "part-0.parquet") == (
-        "s3://bucket/prefix/out/part-0.parquet"
-    )
-    assert storage.join("/data", "a", "b") == os.path.join("/data", "a", "b")
 
 
 # ----------------------------------------------------------------- redaction
@@ -170,7 +167,6 @@ def test_filesystem_arguments_follow_the_settings(aws_isolated, monkeypatch):
 
     anonymous = _constructor_arguments(storage.resolve_filesystem("s3://b/k", {"anonymous": True})[0])
     assert anonymous["anonymous"] is True and not anonymous["secret_key"]
-    assert storage.resolved_storage_options({"anonymous": True}) == {"anonymous": True}
 
 
 def test_s3_uri_resolves_to_bucket_and_key(s3_env):
@@ -201,7 +197,7 @@ def test_environment_and_storage_options_reach_the_same_data(
     table = _sample_table()
     uri = f"s3://{s3_bucket}/by-env/data.parquet"
     _write_parquet(uri, table)  # configured by AWS_ENDPOINT_URL and the key variables only
-    from_env = (_read_parquet(uri), storage.list_files(f"s3://{s3_bucket}/", ".parquet"))
+    from_env = (_read_parquet(uri), _list(f"s3://{s3_bucket}/", ".parquet"))
 
     for name in list(os.environ):
         if name.startswith("AWS_") and name not in ("AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
@@ -209,14 +205,14 @@ def test_environment_and_storage_options_reach_the_same_data(
     options = s3_server.storage_options()
     from_options = (
         _read_parquet(uri, options),
-        storage.list_files(f"s3://{s3_bucket}/", ".parquet", options),
+        _list(f"s3://{s3_bucket}/", ".parquet", options),
     )
     assert from_env[0].equals(table) and from_options[0].equals(table)
     assert from_env[1] == from_options[1] == [uri]
 
 
 def test_storage_options_override_a_wrong_environment(s3_server: S3Server, s3_bucket, s3_env, monkeypatch):
-    storage.write_bytes(f"s3://{s3_bucket}/blob", b"abc")
+    _put(f"s3://{s3_bucket}/blob", b"abc")
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
     assert storage.read_bytes(f"s3://{s3_bucket}/blob", s3_server.storage_options()) == b"abc"
@@ -224,7 +220,7 @@ def test_storage_options_override_a_wrong_environment(s3_server: S3Server, s3_bu
 
 def test_profile_from_shared_files(s3_server: S3Server, s3_bucket, aws_isolated, monkeypatch, tmp_path):
     """pyarrow reads a profile's credentials but not its endpoint or region: storage fills them in."""
-    storage.write_bytes(f"s3://{s3_bucket}/profiled", b"via profile", s3_server.storage_options())
+    _put(f"s3://{s3_bucket}/profiled", b"via profile", s3_server.storage_options())
     config, credentials = tmp_path / "aws-config", tmp_path / "aws-credentials"
     config.write_text(
         f"[profile seaweed]\nregion = {s3_server.region}\nendpoint_url = {s3_server.endpoint_url}\n"
@@ -243,29 +239,11 @@ def test_profile_from_shared_files(s3_server: S3Server, s3_bucket, aws_isolated,
         storage.resolve_filesystem(uri, {"profile": "absent"})
 
 
-def test_s3_helpers(s3_server: S3Server, s3_bucket, s3_env):
-    base = f"s3://{s3_bucket}/images"
-    assert not storage.exists(base)
-    for name in ("b.png", "a.png", "sub/c.png", "notes.txt"):
-        storage.write_bytes(storage.join(base, name), name.encode())
-    assert storage.exists(base) and storage.exists(f"{base}/a.png")
-    assert storage.list_files(base, ".png") == [f"{base}/a.png", f"{base}/b.png", f"{base}/sub/c.png"]
-    assert storage.read_bytes(f"{base}/sub/c.png") == b"sub/c.png"
-    with pytest.raises(storage.StorageError, match="not found"):
-        storage.read_bytes(f"{base}/missing.png")
-
-
-def test_fsspec_filesystem_sees_the_same_objects(s3_server: S3Server, s3_bucket, s3_env):
-    storage.write_bytes(f"s3://{s3_bucket}/shared.bin", b"same bytes")
-    filesystem = storage.fsspec_filesystem(f"s3://{s3_bucket}/shared.bin")
-    assert filesystem.cat_file(f"{s3_bucket}/shared.bin") == b"same bytes"
-
-
 def test_pickled_filesystem_works_in_a_process_without_aws_environment(
     s3_server: S3Server, s3_bucket, s3_env, tmp_path
 ):
     """Ray workers receive the filesystem pickled; they may not share the driver's environment."""
-    storage.write_bytes(f"s3://{s3_bucket}/for-worker", b"worker bytes")
+    _put(f"s3://{s3_bucket}/for-worker", b"worker bytes")
     filesystem, path = storage.resolve_filesystem(f"s3://{s3_bucket}/for-worker")
     pickled = tmp_path / "filesystem.pickle"
     pickled.write_bytes(pickle.dumps(filesystem))
@@ -289,16 +267,15 @@ def test_pickled_filesystem_works_in_a_process_without_aws_environment(
 def test_wrong_secret_gives_a_clear_error_without_the_secret(
     s3_server: S3Server, s3_bucket, s3_env, monkeypatch
 ):
-    storage.write_bytes(f"s3://{s3_bucket}/guarded", b"data")
+    _put(f"s3://{s3_bucket}/guarded", b"data")
     wrong_secret = "Wrong-Secret-0123456789"
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", wrong_secret)
-    for action in (storage.read_bytes, storage.check_access, storage.list_files):
-        with pytest.raises(storage.StorageError) as caught:
-            action(f"s3://{s3_bucket}/guarded")
-        message = str(caught.value)
-        assert "rejected the credentials" in message
-        assert "AWS_SECRET_ACCESS_KEY" in message and s3_server.endpoint_url in message
-        assert wrong_secret not in message and s3_server.access_key not in message
+    with pytest.raises(storage.StorageError) as caught:
+        storage.read_bytes(f"s3://{s3_bucket}/guarded")
+    message = str(caught.value)
+    assert "rejected the credentials" in message
+    assert "AWS_SECRET_ACCESS_KEY" in message and s3_server.endpoint_url in message
+    assert wrong_secret not in message and s3_server.access_key not in message
 
 
 def test_unreachable_endpoint_gives_a_clear_error(aws_isolated, monkeypatch):
@@ -306,4 +283,4 @@ def test_unreachable_endpoint_gives_a_clear_error(aws_isolated, monkeypatch):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "id")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
     with pytest.raises(storage.StorageError, match="cannot be reached"):
-        storage.check_access("s3://bucket/key")
+        storage.read_bytes("s3://bucket/key")
