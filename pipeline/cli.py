@@ -47,9 +47,8 @@ def _scrubber() -> Scrubber:
     """This invocation's scrubber (``main`` makes a fresh one per command), or one that
     knows only the environment's credentials outside a command."""
     context = click.get_current_context(silent=True)
-    while context is not None and not (isinstance(context.obj, dict) and "scrubber" in context.obj):
-        context = context.parent
-    return context.obj["scrubber"] if context is not None else Scrubber()
+    shared = context.obj if context is not None else None  # subcommands share main's obj
+    return shared["scrubber"] if isinstance(shared, dict) and "scrubber" in shared else Scrubber()
 
 
 def _scrub(text: str) -> str:

@@ -46,8 +46,9 @@ def problems(output_dir: Path, sample: Path = DEFAULT_DIR / "images.parquet") ->
 
 
 def main() -> None:
-    arguments = sys.argv[1:] + ["output/captions", "data/sample/images.parquet"][len(sys.argv) - 1:]
-    output_dir, sample = Path(arguments[0]), Path(arguments[1])
+    arguments = sys.argv[1:]
+    output_dir = Path(arguments[0] if arguments else "output/captions")
+    sample = Path(arguments[1] if len(arguments) > 1 else "data/sample/images.parquet")
     found = problems(output_dir, sample)
     if found:
         print(f"demo output {output_dir} is not right ({len(found)} problem(s)):", file=sys.stderr)

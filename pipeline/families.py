@@ -39,7 +39,7 @@ class Qwen2_5_VLImageOnlyProcessor(Qwen2_5_VLProcessor):
 
 
 @dataclass(frozen=True)
-class Family:
+class ModelFamily:
     """What the pipeline needs to know about one model family."""
 
     model_type: str
@@ -50,11 +50,11 @@ class Family:
     image_only_processor: type[ProcessorMixin] | None = None
 
 
-FAMILIES: dict[str, Family] = {family.model_type: family for family in (
-    Family("llava"),
-    Family("llava_next"),
-    Family("qwen2_vl", caps_image_tokens=True, image_only_processor=Qwen2VLImageOnlyProcessor),
-    Family("qwen2_5_vl", caps_image_tokens=True,
+FAMILIES: dict[str, ModelFamily] = {family.model_type: family for family in (
+    ModelFamily("llava"),
+    ModelFamily("llava_next"),
+    ModelFamily("qwen2_vl", caps_image_tokens=True, image_only_processor=Qwen2VLImageOnlyProcessor),
+    ModelFamily("qwen2_5_vl", caps_image_tokens=True,
            image_only_processor=Qwen2_5_VLImageOnlyProcessor),
 )}
 MODEL_TYPES: tuple[str, ...] = tuple(FAMILIES)

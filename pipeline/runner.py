@@ -141,9 +141,8 @@ def _stream(run: _Run, after_shard: AfterShard | None) -> None:
             batches = run.plan.dataset.iter_batches(batch_size=None, batch_format="pyarrow")
             try:
                 for batch in batches:
-                    _tally_batch(run.tally, progress, batch)
+                    _tally_batch(run.tally, run.budget, progress, batch)
                     writer.write(batch)
-                    _spend(run.budget, batch)
                     run.budget.check()
                     if after_shard is not None:
                         after_shard(len(writer.shards))
@@ -202,13 +201,9 @@ def _finish(run: _Run, job_file: str | None) -> dict[str, Any]:
     return report
 
 
-def _spend(budget: ErrorBudget, batch: pa.Table) -> None:
-    failed = batch.filter(pc.equal(batch.column("status"), STATUS_ERROR))
-    budget.add(batch.num_rows, failed.column("error_kind").to_pylist(),
-               failed.column("error").to_pylist())
-
-
-def _tally_batch(tally: RunTally, progress: Progress, batch: pa.Table) -> None:
+def _tally_batch(tally: RunTally, budget: ErrorBudget, progress: Progress,
+                 batch: pa.Table) -> None:
+    """Count a batch of finished rows into the run's tally, the error budget and progress."""
     statuses = batch.column("status").to_pylist()
     errors = sum(status == STATUS_ERROR for status in statuses)
     tally.ok += len(statuses) - errors
@@ -223,12 +218,14 @@ def _tally_batch(tally: RunTally, progress: Progress, batch: pa.Table) -> None:
         tally.rows_by_node[node] += 1
         tally.rows_by_actor[actor] += 1
         tally.devices[actor] = device
-    if errors:
-        for row_id, status, message, kind in zip(batch.column("id").to_pylist(), statuses,
-                                                 batch.column("error").to_pylist(),
-                                                 batch.column("error_kind").to_pylist()):
-            if status == STATUS_ERROR:
-                tally.add_error_sample(row_id, message, kind)
+    failed = [] if not errors else [
+        (row_id, message, kind) for row_id, status, message, kind in zip(
+            batch.column("id").to_pylist(), statuses, batch.column("error").to_pylist(),
+            batch.column("error_kind").to_pylist()) if status == STATUS_ERROR]
+    for row_id, message, kind in failed:
+        tally.add_error_sample(row_id, message, kind)
+    budget.add(batch.num_rows, [kind for _, _, kind in failed],
+               [message for _, message, _ in failed])
     kept_sum = float(pc.sum(batch.column("kept_ratio")).as_py() or 0.0)
     kept_count = batch.num_rows - batch.column("kept_ratio").null_count
     progress.update(batch.num_rows, errors, output_tokens, kept_sum, kept_count)
