@@ -77,13 +77,10 @@ SELECTION_VARIANTS: dict[str, dict] = {
                                    "num_recent_probes": 32, "ranking": "recent",
                                    "score_pooling": 5},
 }
-# Experimental: qkv with a local band for the dropped rows (experimental.py), by window.
-EXPERIMENTAL_WINDOWS = (32, 128)
 QUICK_MODES = ("paper", "kv_local128", "dense")
 # Modes whose greedy answers are compared too (answers cost two long prefills per document);
 # the other modes are compared on NLL only.
-ANSWER_MODES = ("paper", "kv", "kv_local128", "dense", *SELECTION_VARIANTS,
-                *(f"qkv+local-rows{w}" for w in EXPERIMENTAL_WINDOWS))
+ANSWER_MODES = ("paper", "kv", "kv_local128", "dense", *SELECTION_VARIANTS)
 FULL_TAUS = (0.95, 0.975, 0.99)
 # Documents in a full run: per-document NLL changes spread by about 1 point, so 4
 # documents left the mean noisy (the first 4 of these 12 read +1.37% where all 12 read
@@ -257,8 +254,6 @@ def parse_args() -> argparse.Namespace:
                         help="the mode whose fixed-ratio ablation is also run")
     parser.add_argument("--no-kvpress", action="store_true")
     parser.add_argument("--no-peers", action="store_true", help="ZipVL modes only")
-    parser.add_argument("--experimental", action="store_true",
-                        help="also run qkv with a local band for the dropped rows")
     parser.add_argument("--no-variants", action="store_true",
                         help="skip the selection variants (ranking by recent probes, pooling)")
     parser.add_argument("--name", default="fidelity", help="result file name")
@@ -302,7 +297,7 @@ def main() -> None:
     runs: list[dict] = []
 
     def run(method: peers.Method, tau: float, mode: str, target_ratio: float | None) -> dict:
-        with_answers = tau in answer_taus and (method.family not in ("zipvl", "experimental")
+        with_answers = tau in answer_taus and (method.family != "zipvl"
                                                or mode in ANSWER_MODES)
         result = evaluate(model, tokenizer, method, documents, dense_nll, prompts,
                           with_answers, args.answer_tokens,
@@ -323,9 +318,6 @@ def main() -> None:
         for variant, fields in variants.items() if tau == VARIANT_TAU else ():
             run(peers.zipvl_method(f"zipvl {variant} tau={tau}", tau=tau, **fields),
                 tau, variant, None)
-        for window in EXPERIMENTAL_WINDOWS if args.experimental else ():
-            run(peers.qkv_local_rows_method(f"qkv+local-rows{window} tau={tau}", window, tau=tau),
-                tau, f"qkv+local-rows{window}", None)
 
     # Peers at the budget ZipVL reached: cache-only peers match the dense-prefill run.
     budget_mode = "dense" if "dense" in modes else default_mode

@@ -11,7 +11,7 @@ only (attention and KV cache are all that differ between the variants).
 
 **Random weights give no real sparsity**: the attention of a random model is
 close to uniform, so ZipVL's adaptive budget (``tau``) would keep nearly every
-token. The kept ratio is therefore *fixed* at 30% (``ZipVLConfig.fixed_ratio``,
+token. The kept ratio is therefore *fixed* at 30% (the ``FixedRatio`` strategy,
 the paper's fixed-ratio ablation; tokens still ranked by ZipVL's probes). These
 are speed and memory figures only; fidelity is measured on a trained model by
 ``bench_fidelity``.
@@ -74,7 +74,7 @@ from benchmarks import peers
 from benchmarks.bench_decode import prefill as decode_prefill
 from benchmarks.bench_prefill import first_token, flops_of
 from benchmarks.common import add_threads_option, apply_threads, log, write_partial, write_result
-from benchmarks.instrument import Shape, dense_pairs, instrumented
+from benchmarks.instrument import Shape, dense_pairs
 from zipvl.backends.flash import flash_attention_available
 
 GIB = 1024 ** 3
@@ -94,7 +94,7 @@ LLAVA_NEXT_7B = {"vocab_size": 32064, "hidden_size": 4096, "num_hidden_layers": 
 RANDOM_WEIGHTS_NOTE = (
     "random weights (transformers' init: normal, std 0.02): the attention of a random model "
     "is near uniform, so it has no real sparsity and ZipVL's adaptive budget would keep almost "
-    "every token; the kept ratio is FIXED (ZipVLConfig.fixed_ratio, the paper's fixed-ratio "
+    "every token; the kept ratio is FIXED (the FixedRatio strategy, the paper's fixed-ratio "
     "ablation), not adaptive. Speed and memory only; no fidelity.")
 
 
@@ -283,9 +283,10 @@ def run_prefill(model, methods: list[peers.Method], shape: Shape, length: int, r
     for method in methods:
         # Warm-up, untimed: kernels, allocator blocks at this length, and the kept positions.
         try:
-            with peers.applied(model, method), instrumented() as timings:
+            kept: dict[int, torch.Tensor] = {}
+            with peers.applied(model, method, kept=kept):
                 first_token(model, input_ids)
-            kept_positions[method.name] = dict(timings.kept)
+            kept_positions[method.name] = kept
         except torch.OutOfMemoryError as error:
             failed[method.name] = f"out of memory: {str(error).splitlines()[0]}"
             log(f"{length:>6} {method.name:<26} {failed[method.name]}")

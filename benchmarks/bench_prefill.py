@@ -138,14 +138,15 @@ def main() -> None:
         first_tokens: dict[str, int] = {}
         for _ in range(repeats):
             for method in methods:
-                with peers.applied(model, method), instrumented() as timings:
+                kept: dict[int, torch.Tensor] = {}
+                with peers.applied(model, method, kept=kept), instrumented() as timings:
                     token, seconds, cpu_seconds = first_token(model, input_ids)
                     stats = peers.prefill_stats(model)
                     kept_ratio = stats.kept_ratio[:, 0] if stats is not None else None
                 first_tokens[method.name] = token
                 samples[method.name].append({
                     "seconds": seconds, "cpu_seconds": cpu_seconds, "steps": dict(timings.seconds),
-                    "kept_ratio": kept_ratio, "kept": dict(timings.kept)})
+                    "kept_ratio": kept_ratio, "kept": kept})
         dense_median = statistics.median(s["seconds"] for s in samples[peers.DENSE.name])
         for method in methods:
             runs = samples[method.name]

@@ -1,121 +1,75 @@
-"""Timers around ZipVL's steps, and the FLOPs each prefill variant must do.
+"""Timings of ZipVL's steps, and the FLOPs each prefill variant must do.
 
 The overhead ZipVL adds before its sparse attention pays off (probes, probe
 attention, budget, scores, selection; the paper's Table E) is timed separately
-from the attention itself by wrapping the functions the integration calls, for
-the duration of a ``with instrumented() as timings:`` block:
+from the attention itself from the ``torch.profiler`` ranges the library opens
+(``zipvl.ranking``, ``zipvl.layer_policy``, ``zipvl.attention``), for the
+duration of a ``with instrumented() as timings:`` block; nothing is patched:
 
-* ``zipvl.attention.select_for_layer`` (steps 1-5 in all) and, inside it, the
-  names ``zipvl.layer_policy`` imported: ``probe_positions``, ``probe_attention``,
-  ``accumulated_scores`` + ``adaptive_budget``/``fixed_budget`` (budget),
-  ``normalized_scores`` + ``pool_scores`` (importance), ``select_tokens``;
-* ``zipvl.attention.sparse_prefill_attention`` / ``dense_causal_attention`` /
-  ``decode_attention`` (the attention proper);
-* ``ZipVLLayer.compress`` (dropping the cache to the kept tokens);
-* the whole registered attention function, ``"zipvl"`` or ``"sdpa"`` (swapped in
-  transformers' ``ALL_ATTENTION_FUNCTIONS`` registry and put back afterwards).
+* ``zipvl.select`` (steps 1-5 in all) and, inside it, ``zipvl.probes``,
+  ``zipvl.probe_attention``, ``zipvl.budget``, ``zipvl.importance``,
+  ``zipvl.selection``;
+* ``zipvl.attention_kernel`` (the attention proper) and ``zipvl.compress``
+  (dropping the cache to the kept tokens);
+* the whole attention function: ``zipvl.prefill`` + ``zipvl.decode`` for ZipVL,
+  and for the dense model torch's own ``aten::scaled_dot_product_attention``
+  (transformers' SDPA glue around it, a transpose and a view, is not counted).
 
 Everything else in the forward (linear layers, norms, RoPE, embedding, LM head)
-is the difference to the total. Wrappers cost microseconds per call; on CPU the
-timings need no device synchronisation.
-
-The selection wrapper also keeps the kept positions, from which
-``attention_pairs`` counts the (query, key) pairs each prefill mode must compute.
+is the difference to the total. The times are CPU times of the ranges: on CPU
+that is the work; a GPU benchmark must synchronise around what it times instead.
+The kept positions the FLOP counts need come from ``peers.applied(..., kept=)``.
 """
 
 from __future__ import annotations
 
 import time
-from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from torch.profiler import ProfilerActivity, profile
 
-import zipvl.attention
-import zipvl.layer_policy
-from zipvl.cache import ZipVLLayer
-
-STEP_GROUPS: dict[str, tuple[str, ...]] = {
-    "probes": ("probe_positions",),
-    "probe_attention": ("probe_attention",),
-    "budget": ("accumulated_scores", "adaptive_budget", "fixed_budget"),
-    "importance": ("normalized_scores", "pool_scores"),
-    "selection": ("select_tokens",),
+# Timings key -> the profiler ranges (or torch ops) it sums.
+RANGES: dict[str, tuple[str, ...]] = {
+    "select_total": ("zipvl.select",),
+    "probes": ("zipvl.probes",),
+    "probe_attention": ("zipvl.probe_attention",),
+    "budget": ("zipvl.budget",),
+    "importance": ("zipvl.importance",),
+    "selection": ("zipvl.selection",),
+    "attention_kernel": ("zipvl.attention_kernel",),
+    "compress": ("zipvl.compress",),
+    "attention_function": ("zipvl.prefill", "zipvl.decode"),
 }
+# The dense model's attention function: no ZipVL range, only torch's kernel call.
+DENSE_ATTENTION = "aten::scaled_dot_product_attention"
 
 
 @dataclass
 class Timings:
-    """Seconds per timed step, summed over calls; kept positions per layer."""
+    """Seconds and calls per timed step (``RANGES``' keys), filled when the block ends."""
 
-    seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
-    calls: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-    kept: dict[int, torch.Tensor] = field(default_factory=dict)
-
-    def reset(self) -> None:
-        self.seconds.clear()
-        self.calls.clear()
-        self.kept.clear()
-
-
-def _timed(function: Callable, name: str, timings: Timings) -> Callable:
-    def wrapper(*args, **kwargs):
-        start = time.perf_counter()
-        try:
-            return function(*args, **kwargs)
-        finally:
-            timings.seconds[name] += time.perf_counter() - start
-            timings.calls[name] += 1
-    wrapper.__wrapped__ = function
-    return wrapper
+    seconds: dict[str, float] = field(default_factory=dict)
+    calls: dict[str, int] = field(default_factory=dict)
 
 
 @contextmanager
 def instrumented() -> Iterator[Timings]:
-    """Time ZipVL's steps and the attention functions inside the block."""
+    """Time ZipVL's steps and the attention functions inside the block (CPU profiler)."""
     timings = Timings()
-    saved: list[tuple[object, str, object]] = []
-
-    def swap(owner: object, name: str, replacement: object) -> None:
-        saved.append((owner, name, getattr(owner, name)))
-        setattr(owner, name, replacement)
-
-    for group, names in STEP_GROUPS.items():
-        for name in names:
-            swap(zipvl.layer_policy, name, _timed(getattr(zipvl.layer_policy, name), group, timings))
-
-    original_select = zipvl.attention.select_for_layer
-
-    def select_and_keep(query, key, config, layer_idx, scale):
-        start = time.perf_counter()
-        kept, budget = original_select(query, key, config, layer_idx, scale)
-        timings.seconds["select_total"] += time.perf_counter() - start
-        timings.calls["select_total"] += 1
-        timings.kept[layer_idx] = kept.detach().cpu()
-        return kept, budget
-
-    swap(zipvl.attention, "select_for_layer", select_and_keep)
-    for name in ("sparse_prefill_attention", "dense_causal_attention", "decode_attention"):
-        swap(zipvl.attention, name, _timed(getattr(zipvl.attention, name), "attention_kernel",
-                                           timings))
-    swap(ZipVLLayer, "compress", _timed(ZipVLLayer.compress, "compress", timings))
-    mapping = ALL_ATTENTION_FUNCTIONS._global_mapping
-    for implementation in ("zipvl", "sdpa"):
-        if implementation in mapping:
-            original = mapping[implementation]
-            saved.append((mapping, implementation, original))
-            mapping[implementation] = _timed(original, "attention_function", timings)
-    try:
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
         yield timings
-    finally:
-        for owner, name, original in reversed(saved):
-            if isinstance(owner, dict):
-                owner[name] = original
-            else:
-                setattr(owner, name, original)
+    events = {event.key: event for event in profiler.key_averages()}
+    for step, names in RANGES.items():
+        found = [events[name] for name in names if name in events]
+        if found:
+            timings.seconds[step] = sum(event.cpu_time_total for event in found) / 1e6
+            timings.calls[step] = sum(event.count for event in found)
+    if "attention_function" not in timings.seconds and DENSE_ATTENTION in events:
+        timings.seconds["attention_function"] = events[DENSE_ATTENTION].cpu_time_total / 1e6
+        timings.calls["attention_function"] = events[DENSE_ATTENTION].count
 
 
 # ---- FLOPs -------------------------------------------------------------------------------

@@ -7,8 +7,7 @@ Reads ``benchmarks/results/<name>-latest.json`` (or ``-quick-latest`` with
   one line per method over the tau sweep (ZipVL modes; fixed ratio, SnapKV,
   StreamingLLM and kvpress presses at the matched budgets);
 * ``fidelity_modes.png``: NLL increase and greedy agreement per prefill mode at tau 0.975
-  (modes without answers show 0 agreement); runs of ``fidelity-experimental-latest.json``
-  on the same documents are drawn too;
+  (modes without answers show 0 agreement);
 * ``prefill_ttft.png``: time to first token against prompt length per variant,
   and the time split (selection / attention / rest) at the longest length;
 * ``prefill_kept_per_layer.png``: kept ratio per layer;
@@ -43,19 +42,12 @@ def _label(run: dict) -> str:
         return f"ZipVL adaptive, {run['mode']}"
     if family == "zipvl-fixed":
         return f"ZipVL fixed ratio, {run['mode']}"
-    if family == "experimental":
-        return f"experimental {run['mode']}"
     return {"snapkv": "SnapKV-style (dense prefill)",
             "streaming": "StreamingLLM-style (sink + recent)"}.get(family, family)
 
 
 def plot_fidelity(result: dict, suffix: str) -> list[str]:
     runs = list(result["figures"]["runs"])
-    experimental = _try_load("fidelity-experimental", bool(suffix))
-    if experimental is not None and (experimental["settings"]["documents"]
-                                     == result["settings"]["documents"]):
-        # Same documents and context: the experimental mode belongs on the same axes.
-        runs += [r for r in experimental["figures"]["runs"] if r["family"] == "experimental"]
     lines: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for run in runs:
         lines[_label(run)].append((run["kept_ratio"], 100 * run["nll_increase"]))
@@ -85,7 +77,7 @@ def plot_fidelity(result: dict, suffix: str) -> list[str]:
     plt.close(figure)
 
     tau = result["figures"]["summary"]["tau"]
-    adaptive = [r for r in runs if r["tau"] == tau and r["family"] in ("zipvl", "experimental")]
+    adaptive = [r for r in runs if r["tau"] == tau and r["family"] == "zipvl"]
     figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     names = [r["mode"] for r in adaptive]
     left.barh(names, [100 * r["nll_increase"] for r in adaptive], color="tab:blue")

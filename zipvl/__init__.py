@@ -18,6 +18,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from zipvl.config import ZipVLConfig
+from zipvl.strategies import AdaptiveBudget, FixedRatio, SelectionStrategy, SinkAndRecent
 
 if TYPE_CHECKING:
     from zipvl.cache import ZipVLCache
@@ -46,6 +47,10 @@ _LAZY = {
 
 __all__ = [
     "SUPPORTED_MODEL_TYPES",
+    "AdaptiveBudget",
+    "FixedRatio",
+    "SelectionStrategy",
+    "SinkAndRecent",
     "ZipVLCache",
     "ZipVLConfig",
     "ZipVLStats",

@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import dataclasses
 import weakref
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+from torch.profiler import record_function
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface
 
@@ -39,14 +39,10 @@ from zipvl.sparse_attention import (
     sparse_prefill_attention,
 )
 from zipvl.statistics import PrefillRecord
+from zipvl.strategies import AdaptiveBudget
 
 ATTENTION_NAME = "zipvl"
 STATE_ATTRIBUTE = "_zipvl_state"
-
-# ``(layer_idx, sample_index, num_tokens) -> kept [Hk, p]`` (sorted, unpadded positions),
-# or ``None`` to let ZipVL select. For tests and selection experiments.
-KeptOverride = Callable[[int, int, int], "torch.Tensor | None"]
-
 
 @dataclass
 class ZipVLState:
@@ -59,7 +55,6 @@ class ZipVLState:
     config: ZipVLConfig
     num_layers: int
     record: PrefillRecord = field(default_factory=PrefillRecord)
-    kept_override: KeptOverride | None = None
     _cache_ref: weakref.ref | None = field(default=None, repr=False)
 
     @property
@@ -111,10 +106,12 @@ def zipvl_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: t
     if layer is not None and not layer.awaiting_compression:
         if sliding_window is not None:
             _check_window(sliding_window, _longest_sequence(layer))
-        output = _decode(state, layer, layer_idx, query, key, value, scale)
+        with record_function("zipvl.decode"):
+            output = _decode(state, layer, layer_idx, query, key, value, scale)
     else:
-        output = _prefill(state, layer, layer_idx, query, key, value, attention_mask, scale,
-                          sliding_window)
+        with record_function("zipvl.prefill"):
+            output = _prefill(state, layer, layer_idx, query, key, value, attention_mask, scale,
+                              sliding_window)
     return output.transpose(1, 2).contiguous(), None
 
 
@@ -192,7 +189,8 @@ def _prefill(state: ZipVLState, layer: ZipVLLayer | None, layer_idx: int, query:
         kept_list.append(kept)
         modes.append(mode)
 
-    outputs = _prefill_outputs(config, samples, kept_list, modes, scale, query)
+    with record_function("zipvl.attention_kernel"):
+        outputs = _prefill_outputs(config, samples, kept_list, modes, scale, query)
     output = query.new_zeros(batch, num_heads, num_tokens, head_dim)
     for sample, (pos, sample_output) in enumerate(zip(positions, outputs)):
         if sample_output is None:
@@ -204,7 +202,8 @@ def _prefill(state: ZipVLState, layer: ZipVLLayer | None, layer_idx: int, query:
 
     if layer is not None:
         kept_in_prompt = [kept if pos is None else pos[kept] for pos, kept in zip(positions, kept_list)]
-        layer.compress(kept_in_prompt, prompt_tokens=prompt_tokens)
+        with record_function("zipvl.compress"):
+            layer.compress(kept_in_prompt, prompt_tokens=prompt_tokens)
     state.record.add_layer(layer_idx, [int(kept.shape[-1]) for kept in kept_list], prompt_tokens,
                            bytes_per_token=2 * num_kv_heads * head_dim * key.element_size())
     return output
@@ -220,13 +219,7 @@ def _choose_tokens(state: ZipVLState, layer_idx: int, sample: int, query: torch.
         return every_token, "empty"
     if layer_idx in config.dense_layers or num_tokens < config.min_prefill_len:
         return every_token, "dense"
-    override = state.kept_override(layer_idx, sample, num_tokens) if state.kept_override else None
-    if override is not None:
-        kept = override.to(device=key.device, dtype=torch.long)
-        if kept.ndim != 2 or kept.shape[0] != num_kv_heads:
-            raise ValueError(f"kept_override must return [Hk={num_kv_heads}, p], got {tuple(kept.shape)}")
-    else:
-        kept, _ = select_for_layer(query, key, config, layer_idx, scale)
+    kept, _ = select_for_layer(query, key, config, layer_idx, scale, sample=sample)
     return kept, config.prefill
 
 
@@ -267,10 +260,11 @@ def _prefill_outputs(config: ZipVLConfig, samples: list, kept_list: list[torch.T
 def _decode(state: ZipVLState, layer: ZipVLLayer, layer_idx: int, query: torch.Tensor,
             key: torch.Tensor, value: torch.Tensor, scale: float) -> torch.Tensor:
     """New tokens over the ragged compressed cache (they were appended by ``update``)."""
-    if flash.use_flash(state.config.backend, query):
-        output = flash.kvcache_decode(query, layer.keys, layer.values, layer.lengths, scale)
-    else:
-        output = decode_attention(query, key, value, layer.lengths, scale)
+    with record_function("zipvl.attention_kernel"):
+        if flash.use_flash(state.config.backend, query):
+            output = flash.kvcache_decode(query, layer.keys, layer.values, layer.lengths, scale)
+        else:
+            output = decode_attention(query, key, value, layer.lengths, scale)
     if state.config.recompress_every > 0:
         _maybe_recompress(state.config, layer, layer_idx, query, scale)
     return output
@@ -297,7 +291,7 @@ def _maybe_recompress(config: ZipVLConfig, layer: ZipVLLayer, layer_idx: int,
     probes = layer.recent_queries
     num_probes = probes.shape[2]
     probe_config = dataclasses.replace(config, num_recent_probes=num_probes, num_random_probes=0,
-                                       fixed_ratio=None)
+                                       strategy=AdaptiveBudget())
     num_heads, head_dim = probes.shape[1], probes.shape[3]
     num_kv_heads = layer.keys.shape[1]
     kept_list = []

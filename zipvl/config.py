@@ -13,6 +13,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from zipvl.strategies import AdaptiveBudget, SelectionStrategy, strategy_from_value
+
 Selection = Literal["per_head", "shared"]
 PrefillMode = Literal["qkv", "kv", "kv_local", "dense"]
 Backend = Literal["auto", "sdpa", "flash"]
@@ -43,8 +45,10 @@ class ZipVLConfig:
     min_prefill_len: prompts shorter than this run dense.
     recompress_every: during decoding, re-select the cache every ``m`` steps (0 = off).
     seed: seeds the random probes, together with the layer index.
-    fixed_ratio: *extension*, the paper's fixed-ratio ablation: keep ``ceil(ratio * n)``
-        tokens in every layer instead of the adaptive budget.
+    strategy: how each layer chooses its tokens (``zipvl.strategies``): the paper's
+        ``AdaptiveBudget`` (the default; ``tau`` is its threshold), or the *extensions*
+        ``FixedRatio`` (the paper's fixed-ratio ablation) and ``SinkAndRecent``
+        (StreamingLLM). In a mapping: a name, or ``{name: fixed_ratio, ratio: 0.3}``.
     ranking: *extension*, which probes rank the tokens once the budget is set:
         ``probes`` (the paper's Eq. 7: every probe, normalised by how many see each
         key) or ``recent`` (SnapKV's observation window: the ``num_recent_probes``
@@ -67,7 +71,7 @@ class ZipVLConfig:
     min_prefill_len: int = 0
     recompress_every: int = 0
     seed: int = 0
-    fixed_ratio: float | None = None
+    strategy: SelectionStrategy = field(default_factory=AdaptiveBudget)
     ranking: Ranking = "probes"
     score_pooling: int = 3
     backend: Backend = "auto"
@@ -92,9 +96,10 @@ class ZipVLConfig:
                f"must be an integer >= 1, got {self.local_window!r}")
         _check(all(isinstance(i, int) and i >= 0 for i in self.dense_layers), "dense_layers",
                f"must be non-negative layer indices, got {self.dense_layers!r}")
-        _check(self.fixed_ratio is None
-               or (isinstance(self.fixed_ratio, (int, float)) and 0.0 < self.fixed_ratio <= 1.0),
-               "fixed_ratio", f"must be None or in (0, 1], got {self.fixed_ratio!r}")
+        try:
+            object.__setattr__(self, "strategy", strategy_from_value(self.strategy))
+        except ValueError as error:
+            raise ValueError(f"ZipVLConfig.strategy {error}") from None
         _check(self.ranking in RANKINGS, "ranking",
                f"must be one of {RANKINGS}, got {self.ranking!r}")
         _check(self.ranking != "recent" or self.num_recent_probes >= 1, "ranking",
@@ -118,6 +123,7 @@ class ZipVLConfig:
     def to_dict(self) -> dict[str, Any]:
         values = dataclasses.asdict(self)
         values["dense_layers"] = list(self.dense_layers)
+        values["strategy"] = self.strategy.to_dict()
         return values
 
 

@@ -235,6 +235,9 @@ def test_bad_tau_in_a_preset_file_names_the_field_and_the_file(tmp_path):
     ({"dense_layers": 3}, "dense_layers"),
     ({"enabled": "no"}, "enabled"),
     ({"enabled": False, "tau": 0.9}, "enabled"),
+    ({"strategy": "snapkv"}, "strategy"),
+    ({"strategy": {"name": "fixed_ratio", "ratio": 1.5}}, "strategy"),
+    ({"strategy": {"name": "fixed_ratio"}}, "strategy"),
 ])
 def test_bad_zipvl_fields_name_the_field(tmp_path, value, field):
     values = raw_job()
@@ -529,6 +532,18 @@ def test_set_field_of_a_zipvl_preset_expands_it(tmp_path):
     del values["zipvl"]
     expanded = load_job(write_job(tmp_path, values), ["zipvl.tau=0.9"])
     assert expanded.zipvl_config() == ZipVLConfig(tau=0.9)
+
+
+def test_a_selection_strategy_is_set_by_name_and_fields(tmp_path):
+    from zipvl.strategies import FixedRatio, SinkAndRecent
+
+    values = raw_job()
+    values["zipvl"] = {"strategy": {"name": "fixed_ratio", "ratio": 0.3}, "tau": 0.9}
+    spec = load_job(write_job(tmp_path, values))
+    assert spec.zipvl_config() == ZipVLConfig(strategy=FixedRatio(0.3), tau=0.9)
+    assert spec.model_dump()["zipvl"]["strategy"] == {"name": "fixed_ratio", "ratio": 0.3}
+    streaming = load_job(CAPTIONS, ["zipvl.strategy={name: sink_and_recent, ratio: 0.5}"])
+    assert streaming.zipvl_config().strategy == SinkAndRecent(0.5)
 
 
 def test_set_zipvl_false_and_then_a_field():

@@ -3,7 +3,7 @@
 The reference rebuilds the layer from its weights: projections, RoPE, the full
 ``n x n`` masked attention of each prefill mode with the rows outside ``T``
 zeroed (``qkv``), then the output projection (ZIPVL.md invariant 2). The kept
-tokens are forced through the state's ``kept_override``; padding is part of the
+tokens are forced by a selection strategy of the test's own (``ForcedSelection``); padding is part of the
 batch, so the unpadded gathering is checked too, and so is the compressed cache.
 """
 
@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import zipvl
-from zipvl.patch import runtime_state
+from zipvl.strategies import SelectionStrategy
 from zipvl.testing import (
     SUPPORTED_FAMILIES,
     VISION_FAMILIES,
@@ -35,15 +35,22 @@ def _inputs(family, processor):
     return build_inputs(processor, family, prompts, images)
 
 
-def _forced_kept(num_kv_heads: int):
+def forced_kept(layer_idx: int, sample: int, num_tokens: int, num_kv_heads: int) -> torch.Tensor:
     """Different sorted kept sets per (layer, sample, KV head), all of the same size."""
-    def kept_override(layer_idx: int, sample: int, num_tokens: int) -> torch.Tensor:
-        generator = torch.Generator().manual_seed(1000 * layer_idx + sample)
-        size = max(1, num_tokens // 2)
-        rows = [torch.sort(torch.randperm(num_tokens, generator=generator)[:size]).values
-                for _ in range(num_kv_heads)]
-        return torch.stack(rows)
-    return kept_override
+    generator = torch.Generator().manual_seed(1000 * layer_idx + sample)
+    size = max(1, num_tokens // 2)
+    rows = [torch.sort(torch.randperm(num_tokens, generator=generator)[:size]).values
+            for _ in range(num_kv_heads)]
+    return torch.stack(rows)
+
+
+class ForcedSelection(SelectionStrategy):
+    """A strategy that ignores the scores and keeps ``forced_kept``'s positions."""
+
+    name = "forced"
+
+    def kept_positions(self, query, key, *, config, layer_idx, sample, scale):
+        return forced_kept(layer_idx, sample, key.shape[1], key.shape[0])
 
 
 def _rotate_half(tensor):
@@ -140,12 +147,11 @@ def test_forced_selection_matches_float64_reference(family, mode):
 
     handles = [attention.register_forward_hook(capture(index), with_kwargs=True)
                for index, attention in enumerate(attention_layers)]
-    config = zipvl.ZipVLConfig(prefill=mode, local_window=LOCAL_WINDOW)
+    config = zipvl.ZipVLConfig(prefill=mode, local_window=LOCAL_WINDOW,
+                               strategy=ForcedSelection())
     zipvl.enable(model, config)
+    num_kv_heads = model.config.get_text_config().num_key_value_heads
     try:
-        num_kv_heads = model.config.get_text_config().num_key_value_heads
-        override = _forced_kept(num_kv_heads)
-        runtime_state(model).kept_override = override
         with torch.no_grad():
             output = model(**inputs, use_cache=True)
             cache = output.past_key_values
@@ -170,7 +176,7 @@ def test_forced_selection_matches_float64_reference(family, mode):
         for sample in range(mask.shape[0]):
             positions = mask[sample].nonzero().squeeze(1)
             num_tokens = positions.numel()
-            kept = override(layer_idx, sample, num_tokens)
+            kept = forced_kept(layer_idx, sample, num_tokens, num_kv_heads)
             expected, rotated_keys, values = _reference_prefill(
                 attention, hidden[sample, positions].double(), cos[sample, positions].double(),
                 sin[sample, positions].double(), kept, mode)

@@ -148,7 +148,7 @@ def test_all_padding_row_keeps_nothing_and_spoils_nothing(family):
     ("tau", 0.0), ("tau", 1.5), ("num_recent_probes", -1), ("keep_last", 2.5),
     ("selection", "random"), ("prefill", "sparse"), ("local_window", 0),
     ("dense_layers", (-1,)), ("min_prefill_len", -3), ("recompress_every", -1),
-    ("fixed_ratio", 0.0), ("score_pooling", 2), ("backend", "triton"), ("seed", -1),
+    ("strategy", {"name": "fixed_ratio", "ratio": 0.0}), ("strategy", "window"), ("score_pooling", 2), ("backend", "triton"), ("seed", -1),
     ("ranking", "window"),
 ])
 def test_invalid_config_value_names_the_field(field, value):

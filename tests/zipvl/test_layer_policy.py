@@ -12,6 +12,7 @@ from zipvl.layer_policy import select_for_layer
 from zipvl.probes import probe_positions
 from zipvl.scores import pool_scores
 from zipvl.select import select_tokens
+from zipvl.strategies import FixedRatio, SelectionStrategy, SinkAndRecent, strategy_from_value
 
 HEADS = pytest.mark.parametrize("num_heads,num_kv_heads", [(6, 2), (4, 4)])
 
@@ -99,7 +100,7 @@ def test_tau_one_keeps_every_token(num_heads, num_kv_heads):
 
 def test_fixed_ratio_sets_the_budget():
     query, key = random_qk(6, 2, 100)
-    config = ZipVLConfig(fixed_ratio=0.37, keep_last=8, num_recent_probes=16,
+    config = ZipVLConfig(strategy=FixedRatio(0.37), keep_last=8, num_recent_probes=16,
                          num_random_probes=16)
     kept, budget = select_for_layer(query, key, config, 1, 0.25)
     assert budget == math.ceil(0.37 * 100)
@@ -141,3 +142,43 @@ def test_recent_ranking_ranks_by_the_recent_probes_and_budgets_by_all(
         tau=0.9, num_recent_probes=12, num_random_probes=30, keep_last=4,
         score_pooling=pooling), layer_idx=2, scale=scale)
     assert paper_budget == budget and not torch.equal(paper, kept)
+
+
+@pytest.mark.parametrize(("num_tokens", "ratio", "keep_last", "sink"),
+                         [(100, 0.3, 8, 4), (100, 0.05, 2, 4), (10, 0.2, 1, 4), (50, 1.0, 0, 4),
+                          (40, 0.5, 4, 0)])
+def test_sink_and_recent_keeps_the_first_tokens_and_the_latest(num_tokens, ratio, keep_last, sink):
+    query, key = random_qk(6, 2, num_tokens)
+    config = ZipVLConfig(strategy=SinkAndRecent(ratio, sink_tokens=sink), keep_last=keep_last)
+    kept, budget = select_for_layer(query, key, config, 0, 0.25)
+    # The reference by position alone: ceil(ratio * n) at least keep_last, sinks first.
+    expected_budget = min(num_tokens, max(keep_last, math.ceil(ratio * num_tokens), 1))
+    num_sink = min(sink, expected_budget)
+    expected = list(range(num_sink)) + list(range(num_tokens - (expected_budget - num_sink),
+                                                  num_tokens))
+    assert budget == expected_budget
+    assert kept.tolist() == [sorted(set(expected))] * 2
+
+
+def test_a_strategy_round_trips_through_its_config_mapping():
+    for strategy in (FixedRatio(0.25), SinkAndRecent(0.5, sink_tokens=2)):
+        config = ZipVLConfig(strategy=strategy, keep_last=3)
+        assert ZipVLConfig.from_dict(config.to_dict()) == config
+    assert ZipVLConfig.from_dict({"strategy": "adaptive"}) == ZipVLConfig()
+    assert strategy_from_value({"name": "fixed_ratio", "ratio": 0.5}) == FixedRatio(0.5)
+    with pytest.raises(ValueError, match="missing field.*ratio"):
+        strategy_from_value("fixed_ratio")
+    with pytest.raises(ValueError, match="unknown strategy 'snapkv'"):
+        ZipVLConfig(strategy="snapkv")
+
+
+def test_a_strategy_that_returns_the_wrong_shape_is_refused():
+    class OneHeadOnly(SelectionStrategy):
+        name = "one-head"
+
+        def kept_positions(self, query, key, *, config, layer_idx, sample, scale):
+            return torch.arange(key.shape[1])[None]
+
+    query, key = random_qk(6, 2, 20)
+    with pytest.raises(ValueError, match=r"OneHeadOnly must return kept positions \[Hk=2, p\]"):
+        select_for_layer(query, key, ZipVLConfig(strategy=OneHeadOnly()), 0, 0.25)

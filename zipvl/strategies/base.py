@@ -1,0 +1,34 @@
+"""The interface every selection strategy implements."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    import torch
+
+    from zipvl.config import ZipVLConfig
+
+
+class SelectionStrategy:
+    """Chooses the kept positions of one unpadded sample in one layer.
+
+    Subclasses are frozen dataclasses (their fields are the strategy's own
+    parameters; ``ZipVLConfig`` carries the shared ones: probes, ``keep_last``,
+    ranking, pooling) with a ``name`` for config files.
+    """
+
+    name: ClassVar[str]
+
+    def kept_positions(self, query: torch.Tensor, key: torch.Tensor, *, config: ZipVLConfig,
+                       layer_idx: int, sample: int, scale: float) -> torch.Tensor:
+        """``LongTensor[Hk, p]`` of kept positions, each row sorted.
+
+        ``query [H, n, d]`` after RoPE and ``key [Hk, n, d]`` of sample number
+        ``sample`` of the batch, without padding.
+        """
+        raise NotImplementedError
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, **dataclasses.asdict(self)}  # type: ignore[call-overload]
