@@ -14,8 +14,7 @@ about a second a batch) and the same generated Parquet of images:
 * ``zipvl-batch run jobs/captions.yaml --set ...`` with 1 and 2 workers on a
   local Ray of ``num_cpus=2``, each model replica on 1 thread. With 2 workers
   each asks for 0.5 CPU: 2 x 1 CPU would leave none for Ray Data's read and
-  decode tasks, and the run hangs. The full run adds a control: 1 worker
-  without the timers described below.
+  decode tasks, and the run hangs.
 
 Both sides get the same rows, model, batch size, greedy settings (max_new_tokens,
 do_sample false) and ZipVL config (the job's, resolved by ``pipeline.spec``), and
@@ -23,16 +22,12 @@ the benchmark checks that they produce the same ids and the same text per id.
 Rows/s is measured from launching the process to its exit, so Python start-up,
 imports, Ray start and model loading count, as they do for a user.
 
-"Model busy" is the time inside ``model.generate`` over wall time. In the plain
-loop it is timed in-process. In the pipeline it is timed inside the Ray workers:
-``RAY_RUNTIME_ENV_HOOK`` (read by ``ray.init`` in the ``zipvl-batch`` process) adds
-a ``worker_process_setup_hook`` that wraps ``GenerateStage`` (model load and each
-batch), ``DecodeStage``, the processor call and the actor's ``model.generate``,
-and appends one JSON line per call to a folder; no pipeline code is changed.
-The patch is applied when a worker imports ``pipeline.stages`` (workers that
-never do pay nothing). The same hook records when ``ray.init`` was called and
-times ``ray.shutdown``, which gives the timeline of a run: CLI start-up, Ray
-start, actor start, model load, first batch, last batch, shutdown, exit.
+"Model busy" is the time spent generating (the processor and ``model.generate``)
+over wall time, on both sides. In the plain loop it is timed in-process; the
+pipeline times each batch itself and reports it per actor in
+``.zipvl/report.json`` (``workers.timing_by_actor``: model load, batches,
+seconds generating, when the first batch started and the last one finished),
+which is what a user sees too: no pipeline code is patched.
 
 Each run uses its own Ray temp folder (``RAY_TMPDIR``), so it starts its own
 local Ray even when other Ray instances run on the machine (without it,
@@ -44,9 +39,6 @@ local Ray even when other Ray instances run on the machine (without it,
 from __future__ import annotations
 
 import argparse
-import functools
-import importlib.abc
-import importlib.util
 import json
 import os
 import shutil
@@ -60,123 +52,9 @@ from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 JOB_FILE = REPO_ROOT / "jobs" / "captions.yaml"
-TIMING_DIR_ENV = "ZIPVL_BENCH_TIMING_DIR"
 MODELS = ("tiny-llava", "bench-llava")
 RAY_NUM_CPUS = 2
 RUN_TIMEOUT_S = 900
-# By name, not __name__: run with -m this module is __main__, which Ray workers cannot import.
-THIS_MODULE = "benchmarks.bench_pipeline"
-
-
-# ---------------------------------------------------------------- timing inside Ray workers
-# Imported by the zipvl-batch process (the runtime-env hook) and by every Ray worker
-# (the setup hook), so this module imports nothing heavy at the top.
-
-
-def add_timing_hook(runtime_env: dict[str, Any] | None) -> dict[str, Any]:
-    """``RAY_RUNTIME_ENV_HOOK``: give the job a worker setup hook that installs the timers.
-
-    Ray calls it inside ``ray.init`` in the ``zipvl-batch`` process, before the local
-    cluster starts: that moment is recorded, and ``ray.shutdown`` is timed too.
-    """
-    directory = os.environ.get(TIMING_DIR_ENV)
-    if directory:
-        path = Path(directory) / f"driver-{os.getpid()}.jsonl"
-        now = time.time()
-        _record(path, event="driver_ray_init_called", start=now, end=now)
-        import ray
-
-        if not getattr(ray.shutdown, "__bench_timed__", False):
-            ray.shutdown = _timed(ray.shutdown, path, "driver_ray_shutdown")
-    runtime_env = dict(runtime_env or {})
-    runtime_env["worker_process_setup_hook"] = f"{THIS_MODULE}.install_worker_timing"
-    return runtime_env
-
-
-def _record(path: Path, **fields: Any) -> None:
-    # One short append per event: a record survives the worker being killed.
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps({"pid": os.getpid(), **fields}) + "\n")
-
-
-def _timed(function: Any, path: Path, event: str, counts_rows: bool = False) -> Any:
-    @functools.wraps(function)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        start = time.time()
-        try:
-            return function(*args, **kwargs)
-        finally:
-            rows = getattr(args[1], "num_rows", None) if counts_rows and len(args) > 1 else None
-            _record(path, event=event, start=start, end=time.time(), rows=rows)
-
-    wrapper.__bench_timed__ = True
-    return wrapper
-
-
-def _patch_stages(stages: Any, path: Path) -> None:
-    """Wrap ``GenerateStage`` (load, batches, its model's generate, the processor) and ``DecodeStage``."""
-    original_init = stages.GenerateStage.__init__
-
-    @functools.wraps(original_init)
-    def init(self: Any, *args: Any, **kwargs: Any) -> None:
-        start = time.time()
-        original_init(self, *args, **kwargs)
-        _record(path, event="model_load", start=start, end=time.time(), rows=None)
-        # Loaded by now: wrap this actor's generate and the processor call.
-        from pipeline import model_runner
-
-        model = self.loaded.model
-        model.generate = _timed(model.generate, path, "generate")
-        if not getattr(model_runner.build_model_inputs, "__bench_timed__", False):
-            model_runner.build_model_inputs = _timed(model_runner.build_model_inputs, path,
-                                                     "processor")
-
-    stages.GenerateStage.__init__ = init
-    stages.GenerateStage.__call__ = _timed(stages.GenerateStage.__call__, path, "generate_stage",
-                                           counts_rows=True)
-    stages.DecodeStage.__call__ = _timed(stages.DecodeStage.__call__, path, "decode_stage",
-                                         counts_rows=True)
-
-
-class _PatchStagesOnImport(importlib.abc.MetaPathFinder):
-    """Patches ``pipeline.stages`` right after a worker first imports it.
-
-    Lazy, so the Ray workers that never run a pipeline stage pay nothing (importing
-    ``pipeline.stages`` eagerly costs a bare worker ~0.6 s of numpy and pyarrow imports).
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
-        if fullname != "pipeline.stages":
-            return None
-        sys.meta_path.remove(self)  # once; and let the normal finders locate the module
-        spec = importlib.util.find_spec(fullname)
-        if spec is None or spec.loader is None:
-            return spec
-        execute = spec.loader.exec_module
-
-        def exec_module(module: Any) -> None:
-            execute(module)
-            _patch_stages(module, self.path)
-
-        spec.loader.exec_module = exec_module  # type: ignore[method-assign]
-        return spec
-
-
-def install_worker_timing() -> None:
-    """``worker_process_setup_hook``: time the pipeline's stages in this Ray worker."""
-    directory = os.environ.get(TIMING_DIR_ENV)
-    if not directory:
-        return
-    path = Path(directory) / f"{os.getpid()}.jsonl"
-    now = time.time()
-    _record(path, event="worker_start", start=now, end=now)
-    if "pipeline.stages" in sys.modules:
-        _patch_stages(sys.modules["pipeline.stages"], path)
-    else:
-        sys.meta_path.insert(0, _PatchStagesOnImport(path))
 
 
 # ---------------------------------------------------------------- running one side
@@ -240,7 +118,7 @@ def run_baseline(model_path: Path, data: Path, rows: int, settings: dict[str, An
         "wall_seconds": wall,
         "rows_per_second": rows / wall,
         "steady_rows_per_second": rows / loop_seconds,
-        "model_busy_fraction": steps["generate"] / wall,
+        "model_busy_fraction": (steps["processor"] + steps["generate"]) / wall,
         "seconds": {"python_start_imports_and_exit": wall - sum(steps.values()), **steps},
         "load_average_before": run["load_average_before"],
         "load_average_after": run["load_average_after"],
@@ -248,101 +126,43 @@ def run_baseline(model_path: Path, data: Path, rows: int, settings: dict[str, An
     }
 
 
-def _read_records(directory: Path) -> list[dict[str, Any]]:
-    records = []
-    for file in sorted(directory.glob("*.jsonl")):
-        for line in file.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                records.append(json.loads(line))
-    return records
-
-
-def analyse_pipeline_records(records: list[dict[str, Any]], started: float, ended: float,
-                             rows: int, runner_wall: float) -> dict[str, Any]:
-    """Per-actor model load, busy time and phases of one pipeline run, from the worker records."""
-    by_event: dict[str, list[dict[str, Any]]] = {}
-    for record in records:
-        by_event.setdefault(record["event"], []).append(record)
-    actor_pids = sorted({record["pid"] for record in by_event.get("model_load", [])})
+def analyse_report(report: dict[str, Any], started: float, ended: float,
+                   rows: int) -> dict[str, Any]:
+    """Per-actor model load, busy time and the run's phases, from the run's own report."""
     wall = ended - started
-
-    def total(event: str, pid: int | None = None) -> float:
-        return sum(r["end"] - r["start"] for r in by_event.get(event, [])
-                   if pid is None or r["pid"] == pid)
-
+    timing_by_actor = report["workers"]["timing_by_actor"]
     actors = []
-    for pid in actor_pids:
-        batches = [r for r in by_event.get("generate_stage", []) if r["pid"] == pid]
-        first = min((r["start"] for r in batches), default=None)
-        last = max((r["end"] for r in batches), default=None)
-        generate = total("generate", pid)
+    for actor, timing in sorted(timing_by_actor.items()):
         actors.append({
-            "pid": pid,
-            "model_load_seconds": total("model_load", pid),
-            "batches": len(batches),
-            "rows": sum(r["rows"] or 0 for r in batches),
-            "generate_seconds": generate,
-            "processor_seconds": total("processor", pid),
-            "generate_stage_seconds": total("generate_stage", pid),
-            "decode_stage_seconds_in_this_actor": total("decode_stage", pid),
-            "model_busy_fraction_of_wall": generate / wall,
-            "model_busy_fraction_first_to_last_batch": (
-                generate / (last - first) if batches and last > first else None),
+            "actor": actor,
+            **timing,
+            "rows": report["workers"]["rows_by_actor"].get(actor, 0),
+            "model_busy_fraction_of_wall": timing["generating_seconds"] / wall,
         })
-    decode_records = by_event.get("decode_stage", [])
-    decode_pids = {r["pid"] for r in decode_records}
-    batch_records = by_event.get("generate_stage", [])
-    first_batch = min((r["start"] for r in batch_records), default=None)
-    last_batch = max((r["end"] for r in batch_records), default=None)
-    generate_total = total("generate")
-    worker_starts = [r["start"] for r in by_event.get("worker_start", [])]
-    loads = by_event.get("model_load", [])
-    ray_init = [r["start"] for r in by_event.get("driver_ray_init_called", [])]
-    shutdown = by_event.get("driver_ray_shutdown", [])
-    shutdown_start = shutdown[0]["start"] if shutdown else None
+    firsts = [t["first_batch_started"] for t in timing_by_actor.values()]
+    lasts = [t["last_batch_finished"] for t in timing_by_actor.values()]
+    first_batch, last_batch = (min(firsts), max(lasts)) if firsts else (None, None)
+    generating = sum(t["generating_seconds"] for t in timing_by_actor.values())
     return {
         "actors": actors,
-        "model_busy_fraction": generate_total / (wall * max(len(actor_pids), 1)),
+        "model_busy_fraction": generating / (wall * max(len(actors), 1)),
         "steady_rows_per_second": (rows / (last_batch - first_batch)
-                                   if batch_records and last_batch > first_batch else None),
-        "decode": {
-            "seconds": total("decode_stage"),
-            "batches": len(decode_records),
-            # Ray Data may fuse the decode tasks into the generate actors; then decoding
-            # does not overlap with generation.
-            "ran_inside_generate_actors": bool(decode_pids) and decode_pids <= set(actor_pids),
-            "processes": len(decode_pids),
-        },
+                                   if firsts and last_batch > first_batch else None),
         "timeline_seconds_from_launch": {
-            # Before: Python start, imports, job validation in the zipvl-batch process.
-            "ray_init_called": ray_init[0] - started if ray_init else None,
-            # The runner's clock (report wall_time_seconds) runs from just after ray.init
-            # returned to just before ray.shutdown: so this is when Ray was up, within ms.
-            "ray_ready_approx": (shutdown_start - runner_wall - started
-                                 if shutdown_start is not None else None),
-            "first_ray_worker_started": min(worker_starts) - started if worker_starts else None,
-            "first_model_load_started": min(r["start"] for r in loads) - started if loads else None,
-            "last_model_loaded": max(r["end"] for r in loads) - started if loads else None,
-            "first_batch_started": first_batch - started if first_batch else None,
-            "last_batch_finished": last_batch - started if last_batch else None,
-            "ray_shutdown_started": shutdown_start - started if shutdown_start else None,
-            "ray_shutdown_finished": shutdown[0]["end"] - started if shutdown else None,
+            # Before the first batch: Python start, imports, validation, Ray start, actors
+            # starting and loading their models (model_load_seconds above).
+            "first_batch_started": first_batch - started if firsts else None,
+            "last_batch_finished": last_batch - started if lasts else None,
             "process_exited": wall,
         },
-        "ray_worker_processes": len(worker_starts),
     }
 
 
 def run_pipeline(model: str, model_path: Path, data: Path, rows: int, settings: dict[str, Any],
-                 workers: int, work_dir: Path, timers: bool = True) -> dict[str, Any]:
-    """``zipvl-batch run`` in its own process (with the worker timers); returns its figures.
-
-    ``timers=False`` runs it untouched: a control for what the timers cost.
-    """
-    tag = f"pipeline-workers{workers}" + ("" if timers else "-untimed")
+                 workers: int, work_dir: Path) -> dict[str, Any]:
+    """``zipvl-batch run`` in its own process; returns its figures."""
+    tag = f"pipeline-workers{workers}"
     output = work_dir / f"{tag}-output"
-    timing_dir = work_dir / f"{tag}-timings"
-    timing_dir.mkdir()
     command = [str(Path(sys.executable).with_name("zipvl-batch")), "run", str(JOB_FILE),
                *(arg for override in pipeline_overrides(model, model_path, data, output, settings,
                                                          workers) for arg in ("--set", override))]
@@ -350,26 +170,18 @@ def run_pipeline(model: str, model_path: Path, data: Path, rows: int, settings: 
     ray_dir = Path(tempfile.mkdtemp(prefix="zb-ray-", dir="/tmp"))
     extra = {"RAY_TMPDIR": str(ray_dir),
              "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
-    if timers:
-        extra.update({"RAY_RUNTIME_ENV_HOOK": f"{THIS_MODULE}.add_timing_hook",
-                      TIMING_DIR_ENV: str(timing_dir)})
     env = _child_env(extra)
     try:
         run = _run_process(command, env, work_dir / f"{tag}.log")
     finally:
         shutil.rmtree(ray_dir, ignore_errors=True)
     report = json.loads((output / ".zipvl" / "report.json").read_text())
-    figures = (analyse_pipeline_records(_read_records(timing_dir), run["started"], run["ended"], rows,
-                                        report["wall_time_seconds"])
-               if timers else {"model_busy_fraction": None, "steady_rows_per_second": None})
+    figures = analyse_report(report, run["started"], run["ended"], rows)
     wall = run["wall_seconds"]
     return {
         "command": _display(command),
-        "environment": {**extra, "RAY_TMPDIR": "<fresh temp folder under /tmp>",
-                        TIMING_DIR_ENV: "<run folder>"} if timers else
-                       {**extra, "RAY_TMPDIR": "<fresh temp folder under /tmp>"},
+        "environment": {**extra, "RAY_TMPDIR": "<fresh temp folder under /tmp>"},
         "workers": workers,
-        "worker_timers": timers,
         "wall_seconds": wall,
         "rows_per_second": rows / wall,
         "report": {
@@ -482,8 +294,7 @@ def _public(figures: dict[str, Any]) -> dict[str, Any]:
 
 
 def bench_model(model: str, rows: int, worker_counts: list[int], baseline_threads: list[int],
-                untimed_control: bool, zipvl: str | None, work_dir: Path,
-                log: Any) -> dict[str, Any]:
+                zipvl: str | None, work_dir: Path, log: Any) -> dict[str, Any]:
     """Every run for one model: the plain loop(s), then the pipeline runs, each output checked."""
     from benchmarks.pipeline_baseline import dataset_path
 
@@ -503,12 +314,10 @@ def bench_model(model: str, rows: int, worker_counts: list[int], baseline_thread
         result["baseline"][key] = run
         log(f"  {run['rows_per_second']:.2f} rows/s (wall {run['wall_seconds']:.1f} s, "
             f"model busy {run['model_busy_fraction']:.0%})")
-    pipeline_runs = [(f"workers={workers}", workers, True) for workers in worker_counts]
-    if untimed_control:
-        pipeline_runs.append((f"workers={worker_counts[0]}, no timers", worker_counts[0], False))
-    for key, workers, timers in pipeline_runs:
+    for workers in worker_counts:
+        key = f"workers={workers}"
         log(f"{model}: zipvl-batch run, {key}, {rows} rows")
-        run = run_pipeline(model, model_path, data, rows, settings, workers, model_dir, timers)
+        run = run_pipeline(model, model_path, data, rows, settings, workers, model_dir)
         result["pipeline"][key] = run
         busy = run["model_busy_fraction"]
         log(f"  {run['rows_per_second']:.2f} rows/s (wall {run['wall_seconds']:.1f} s"
@@ -568,9 +377,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--baseline-threads", type=int, nargs="+", default=None,
                         help="torch threads of the plain loop; 0 = torch's default")
-    parser.add_argument("--untimed-control", action=argparse.BooleanOptionalAction, default=None,
-                        help="also run the first worker count without the worker timers, for "
-                             "the first model (default: on in the full run)")
     parser.add_argument("--zipvl", default=None,
                         help="ZipVL preset for both sides (e.g. dense, paper); default: the job's")
     parser.add_argument("--keep", action="store_true", help="keep the run folder (outputs, logs)")
@@ -590,11 +396,9 @@ def main(argv: list[str] | None = None) -> None:
     work_dir = Path(tempfile.mkdtemp(prefix="pipeline-bench-", dir=REPO_ROOT / ".cache"))
     figures: dict[str, Any] = {"models": {}}
     try:
-        untimed_control = not args.quick if args.untimed_control is None else args.untimed_control
-        for index, model in enumerate(models):
+        for model in models:
             figures["models"][model] = bench_model(model, rows_by_model[model], args.workers,
-                                                   baseline_threads, untimed_control and index == 0,
-                                                   args.zipvl, work_dir, log)
+                                                   baseline_threads, args.zipvl, work_dir, log)
     finally:
         if args.keep:
             log(f"run folder kept: {work_dir}")
@@ -614,8 +418,9 @@ def main(argv: list[str] | None = None) -> None:
         "library_versions": {"ray": ray.__version__, "pyarrow": pyarrow.__version__},
         "measured": "rows/s: rows / (process launch to exit). steady: rows / (first batch "
                     "start to last batch end) for the pipeline, rows / (decode + processor + "
-                    "generate + text decode) for the plain loop. busy: time inside "
-                    "model.generate / wall (pipeline: summed over actors / (wall x workers)). "
+                    "generate + text decode) for the plain loop. busy: time in the processor and "
+                    "model.generate / wall (pipeline: the report's generating_seconds summed "
+                    "over actors / (wall x workers)). "
                     "1st batch s: launch to the first batch entering the model.",
     }
     figures["summary"] = summary_lines(figures)

@@ -47,6 +47,41 @@ def versions() -> dict[str, str | None]:
 
 
 @dataclass
+class ActorTiming:
+    """One generate actor's time: its model load and the batches it ran."""
+
+    model_load_seconds: float = 0.0
+    batches: int = 0
+    batch_seconds: float = 0.0
+    generating_seconds: float = 0.0
+    first_batch_started: float | None = None
+    last_batch_finished: float | None = None
+
+    def add_batch(self, model_load: float, batch: float, generating: float, started: float,
+                  finished: float) -> None:
+        self.model_load_seconds = max(self.model_load_seconds, model_load)
+        self.batches += 1
+        self.batch_seconds += batch
+        self.generating_seconds += generating
+        self.first_batch_started = min(started, self.first_batch_started or started)
+        self.last_batch_finished = max(finished, self.last_batch_finished or finished)
+
+    def to_dict(self) -> dict[str, Any]:
+        span = ((self.last_batch_finished or 0.0) - (self.first_batch_started or 0.0))
+        return {
+            "model_load_seconds": self.model_load_seconds,
+            "batches": self.batches,
+            "batch_seconds": self.batch_seconds,
+            "generating_seconds": self.generating_seconds,
+            "first_batch_started": self.first_batch_started,
+            "last_batch_finished": self.last_batch_finished,
+            # How much of its first-to-last-batch span the model spent generating:
+            # the figure that says whether decoding or the driver starves it.
+            "generating_fraction_of_span": self.generating_seconds / span if span > 0 else None,
+        }
+
+
+@dataclass
 class RunTally:
     """Everything the driver counts while rows stream in, for the report."""
 
@@ -59,6 +94,7 @@ class RunTally:
     rows_by_node: Counter = field(default_factory=Counter)
     rows_by_actor: Counter = field(default_factory=Counter)
     devices: dict[str, str] = field(default_factory=dict)
+    timing_by_actor: dict[str, ActorTiming] = field(default_factory=dict)
     error_samples: list[dict[str, str]] = field(default_factory=list)
     errors_by_kind: Counter = field(default_factory=Counter)
 
@@ -132,6 +168,8 @@ def build_report(
             "rows_by_node": dict(tally.rows_by_node),
             "rows_by_actor": dict(tally.rows_by_actor),
             "device_by_actor": dict(tally.devices),
+            "timing_by_actor": {actor: timing.to_dict()
+                                for actor, timing in tally.timing_by_actor.items()},
         },
         "error_samples": tally.error_samples,
     }

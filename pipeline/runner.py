@@ -37,8 +37,14 @@ from pipeline.plan import JobPlan, plan_job
 from pipeline.preflight import validate_job
 from pipeline.progress import Progress
 from pipeline.ray_setup import ensure_ray, ray_data_settings
-from pipeline.report import REPORT_NAME, RunTally, build_report, write_report
-from pipeline.stages import STATUS_ERROR, WORKER_COLUMNS, GenerateStage, kept_ratio_sums
+from pipeline.report import REPORT_NAME, ActorTiming, RunTally, build_report, write_report
+from pipeline.stages import (
+    STATUS_ERROR,
+    TIMING_COLUMNS,
+    WORKER_COLUMNS,
+    GenerateStage,
+    kept_ratio_sums,
+)
 from pipeline.storage import explain_storage_error
 
 
@@ -218,6 +224,10 @@ def _tally_batch(tally: RunTally, budget: ErrorBudget, progress: Progress,
         tally.rows_by_node[node] += 1
         tally.rows_by_actor[actor] += 1
         tally.devices[actor] = device
+    actors = batch.column("_actor_id").to_pylist()
+    for actor, *timings in zip(actors, *(batch.column(name).to_pylist() for name in TIMING_COLUMNS)):
+        if timings[0] is not None:  # the first row of a generated batch
+            tally.timing_by_actor.setdefault(actor, ActorTiming()).add_batch(*timings)
     failed = [] if not errors else [
         (row_id, message, kind) for row_id, status, message, kind in zip(
             batch.column("id").to_pylist(), statuses, batch.column("error").to_pylist(),

@@ -13,12 +13,14 @@ through untouched; a generation that fails for a reason that is not the row's
 raises ``SystemFault`` and fails the pipeline (see ``model_runner``). Besides the output columns it emits private columns
 (names starting with ``_``: the worker's node, actor and device, and the
 per-layer kept ratios) that the driver aggregates into ``.zipvl/report.json`` and
-drops before writing.
+drops before writing. Each batch also carries its own timings (``TIMING_COLUMNS``)
+so the report can say how busy each model was.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,10 +48,17 @@ DECODED_SCHEMA = pa.schema(
 )
 WORKER_COLUMNS = ("_node_id", "_actor_id", "_device")
 KEPT_PER_LAYER_COLUMN = "_kept_ratio_per_layer"
+# A batch's timings sit on its first row only (null on the others), so the driver counts
+# each batch once however Ray Data re-slices the blocks. Seconds, and epoch seconds for
+# when the batch started and finished in the actor; "generating" is the processor and
+# generate, the rest of a batch is unpacking frames and building the table.
+TIMING_COLUMNS = ("_model_load_seconds", "_batch_seconds", "_generating_seconds",
+                  "_batch_started", "_batch_finished")
 GENERATED_SCHEMA = pa.schema(
     list(OUTPUT_SCHEMA)
     + [pa.field(name, pa.string()) for name in WORKER_COLUMNS]
     + [pa.field(KEPT_PER_LAYER_COLUMN, pa.list_(pa.float64()))]
+    + [pa.field(name, pa.float64()) for name in TIMING_COLUMNS]
 )
 
 
@@ -133,12 +142,14 @@ class GenerateStage:
         from pipeline.model_runner import GenerationSettings, load_model
 
         transformers_logging.disable_progress_bar()
+        load_started = time.monotonic()
         self.spec = spec
         use_cuda = torch.cuda.is_available() and bool(ray.get_gpu_ids())
         device = "cuda" if use_cuda else "cpu"
         if not use_cuda and spec.resources.cpus_per_worker >= 1:
             torch.set_num_threads(int(spec.resources.cpus_per_worker))
         self.loaded = load_model(spec.model_settings(), spec.zipvl_config(), device)
+        self.model_load_seconds = time.monotonic() - load_started
         self.generation = GenerationSettings.from_section(spec.generation)
         self.model_label = spec.model_settings().label
         self.method_label = spec.method_label()
@@ -153,6 +164,7 @@ class GenerateStage:
         from pipeline.model_runner import RowResult, generate_rows
         from pipeline.prompts import PromptError, prompt_text
 
+        started, started_clock = time.time(), time.monotonic()
         rows = batch.to_pylist()
         results: list[RowResult | None] = [None] * len(rows)
         pending: list[tuple[int, str, list[Image.Image]]] = []
@@ -168,13 +180,21 @@ class GenerateStage:
                 continue
             frames = unpack_frames(row["frames"], row["frame_width"], row["frame_height"])
             pending.append((index, text, frames))
+        generating_started = time.monotonic()
         generated = generate_rows(
             self.loaded, [text for _, text, _ in pending], [frames for _, _, frames in pending],
             self.generation, row_ids=[rows[index]["id"] for index, _, _ in pending],
         )
+        generating_seconds = time.monotonic() - generating_started
         for (index, _, _), result in zip(pending, generated):
             results[index] = result
-        return self._table([row["id"] for row in rows], results)
+        table = self._table([row["id"] for row in rows], results)
+        timings = (self.model_load_seconds, time.monotonic() - started_clock, generating_seconds,
+                   started, time.time())
+        for name, value in zip(TIMING_COLUMNS, timings if table.num_rows else ()):
+            column = pa.array([value] + [None] * (table.num_rows - 1), type=pa.float64())
+            table = table.set_column(table.schema.get_field_index(name), name, column)
+        return table
 
     def _table(self, ids: list[str], results: list[Any]) -> pa.Table:
         count = len(ids)
@@ -193,6 +213,8 @@ class GenerateStage:
         for name, value in self.worker.items():
             columns[name] = [value] * count
         columns[KEPT_PER_LAYER_COLUMN] = [r.kept_ratio_per_layer for r in results]
+        for name in TIMING_COLUMNS:  # filled in by __call__
+            columns[name] = [None] * count
         assert tuple(columns)[: len(OUTPUT_COLUMNS)] == OUTPUT_COLUMNS
         return pa.Table.from_pydict(columns, schema=GENERATED_SCHEMA)
 

@@ -10,7 +10,7 @@ the block while that actor has room, and otherwise the least busy one. With the
 tiny model a batch is generated faster than the next one is decoded on a 2-core
 machine, so one actor can legitimately take every batch of the shared sample run
 (CI saw it). The placement test therefore gives each batch a fixed generation
-time (a real stage that sleeps after generating), so batches queue on the first
+time (a real stage whose model sleeps after generating), so batches queue on the first
 actor and Ray Data must hand the rest to the other node.
 """
 
@@ -37,13 +37,19 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
 class SlowGenerateStage(GenerateStage):
-    """The real stage, taking at least ``SECONDS_PER_BATCH`` per batch, as a big model would."""
+    """The real stage whose model takes at least ``SECONDS_PER_BATCH`` per ``generate``, as a big one would."""
 
-    def __call__(self, batch):
-        started = time.monotonic()
-        table = super().__call__(batch)
-        time.sleep(max(0.0, SECONDS_PER_BATCH - (time.monotonic() - started)))
-        return table
+    def __init__(self, spec) -> None:
+        super().__init__(spec)
+        generate = self.loaded.model.generate
+
+        def slow_generate(*args, **kwargs):
+            started = time.monotonic()
+            output = generate(*args, **kwargs)
+            time.sleep(max(0.0, SECONDS_PER_BATCH - (time.monotonic() - started)))
+            return output
+
+        self.loaded.model.generate = slow_generate
 
 
 def test_rows_are_generated_on_both_nodes(ray_cluster: RayCluster, tmp_path: Path):
@@ -58,6 +64,25 @@ def test_rows_are_generated_on_both_nodes(ray_cluster: RayCluster, tmp_path: Pat
     assert len(workers["rows_by_actor"]) == 2
     rows = sum(pq.read_table(path).num_rows for path in output.glob("part-*.parquet"))
     assert sum(workers["rows_by_actor"].values()) == rows == ROWS
+
+
+def test_the_report_times_each_actor_s_batches(ray_cluster: RayCluster, tmp_path: Path):
+    """The timings the stage reports hold the time its model was given: >= SECONDS_PER_BATCH a batch."""
+    output = tmp_path / "out"
+    batch_size = 2
+    spec = load_job(CAPTIONS_JOB, [*SAMPLE_OVERRIDES, f"output.path={output}", "input.limit=6",
+                                   f"resources.batch_size={batch_size}", "resources.workers=1",
+                                   "generation.max_new_tokens=2"])
+    report = run_job(spec, generate_stage=SlowGenerateStage)
+    (actor, timing), = report["workers"]["timing_by_actor"].items()
+    assert report["workers"]["rows_by_actor"] == {actor: 6}
+    assert timing["batches"] == 6 // batch_size
+    assert timing["generating_seconds"] >= SECONDS_PER_BATCH * timing["batches"]
+    assert timing["generating_seconds"] < timing["batch_seconds"]
+    assert timing["model_load_seconds"] > 0
+    span = timing["last_batch_finished"] - timing["first_batch_started"]
+    assert span >= timing["batch_seconds"] - 1e-3
+    assert timing["generating_fraction_of_span"] == timing["generating_seconds"] / span
 
 
 def test_the_report_accounts_for_every_row_of_the_sample_run(sample_caption_run: JobRun,
