@@ -16,7 +16,9 @@ import yaml
 
 from pipeline import presets
 from pipeline.errors import SpecError
-from pipeline.spec import DEFAULT_ZIPVL_PRESET, ZIPVL_KEYS, section_at, unknown_key
+from pipeline.spec import section_at
+from pipeline.spec_errors import unknown_key
+from pipeline.zipvl_section import DEFAULT_ZIPVL_PRESET, ZIPVL_KEYS
 
 _INT = re.compile(r"[-+]?(0|[1-9][0-9]*)")
 _FLOAT = re.compile(r"[-+]?(([0-9]+\.[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?|[0-9]+[eE][-+]?[0-9]+)")

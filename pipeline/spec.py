@@ -15,15 +15,16 @@ config: ``spec.model_settings()`` and ``spec.zipvl_config()``.
 ``spec.model_dump()`` is the job as run, for ``.zipvl/report.json``: credentials in
 ``storage_options`` (``access_key``, ``secret_key``, ``session_token``) are redacted there and hidden
 from ``repr``; the live values stay on the attributes for the storage layer.
+
+(About 400 lines, over the project's ~350: it is the one schema a user's job file is
+checked against, eight section classes and their cross-field checks; the loader,
+``--set``, the ``zipvl:`` resolution and the error wording live in their own modules.)
 """
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 import json
 import os
-import re
 from collections.abc import Iterable
 from typing import Any, Literal
 
@@ -45,37 +46,17 @@ from pipeline import presets
 from pipeline.errors import SpecError
 from pipeline.presets import Dtype, Family, FamilyOrAuto
 from pipeline.redaction import redact, secret_values
+from pipeline.spec_errors import FIELD_ERROR, field_error, unknown_key
 from pipeline.storage import StorageOptions
+from pipeline.zipvl_section import DEFAULT_ZIPVL_PRESET, check_zipvl_value, resolve_zipvl
 from zipvl.config import ZipVLConfig
 
 DEFAULT_CAPTION_PROMPT = "Describe this image in one sentence."
 QUESTION_PLACEHOLDER = "{question}"
 DEFAULT_VQA_PROMPT = QUESTION_PLACEHOLDER
-DEFAULT_ZIPVL_PRESET = "default"
-# What a zipvl: mapping may hold: ZipVLConfig's fields, and enabled (false: dense).
-ZIPVL_KEYS: tuple[str, ...] = (*(f.name for f in dataclasses.fields(ZipVLConfig)), "enabled")
 # Above the sample's 3 broken images in 40 (7.5%); a real dataset with more than one
 # row in ten failing is more likely a wrong column or path than bad media.
 DEFAULT_MAX_ERROR_FRACTION = 0.1
-
-
-# Error type carrying a message and a field path relative to where it is raised, so
-# checks that span fields (model validators) can still name the exact field.
-_FIELD_ERROR = "spec_field"
-
-
-def _field_error(field: str, message: str) -> PydanticCustomError:
-    return PydanticCustomError(_FIELD_ERROR, "{message}", {"message": message, "field": field})
-
-
-def _suggest(key: str, known: Iterable[str]) -> str:
-    close = difflib.get_close_matches(key, list(known), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def unknown_key(key: str, known: Iterable[str]) -> str:
-    known = sorted(known)
-    return f"unknown key {key!r}{_suggest(key, known)}; known keys: {', '.join(known)}"
 
 
 def _absolute_if_local(path: str) -> str:
@@ -98,7 +79,7 @@ def _check_storage_options(value: Any) -> dict[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise _field_error("", "must be a mapping of S3 options: "
+        raise field_error("", "must be a mapping of S3 options: "
                                + ", ".join(StorageOptions.model_fields))
     try:
         StorageOptions.model_validate(value)
@@ -106,8 +87,8 @@ def _check_storage_options(value: Any) -> dict[str, Any]:
         item = error.errors(include_url=False, include_input=False)[0]
         loc = ".".join(str(part) for part in item["loc"])
         if item["type"] == "extra_forbidden":
-            raise _field_error(loc, unknown_key(loc, StorageOptions.model_fields)) from None
-        raise _field_error(loc, item["msg"].removeprefix("Value error, ")
+            raise field_error(loc, unknown_key(loc, StorageOptions.model_fields)) from None
+        raise field_error(loc, item["msg"].removeprefix("Value error, ")
                            .removeprefix("storage_options: ")) from None
     return dict(value)
 
@@ -128,7 +109,7 @@ class ColumnMapping(_Section):
     @model_validator(mode="after")
     def _has_media(self) -> ColumnMapping:
         if self.image is None and self.video is None:
-            raise _field_error("image", "map at least one of 'image' or 'video' to an input column")
+            raise field_error("image", "map at least one of 'image' or 'video' to an input column")
         return self
 
 
@@ -166,10 +147,10 @@ class TaskSection(_Section):
     def _template_fits_type(self) -> TaskSection:
         has_placeholder = QUESTION_PLACEHOLDER in self.prompt
         if self.type == "vqa" and not has_placeholder:
-            raise _field_error("prompt", f"a vqa prompt is a template that must contain "
+            raise field_error("prompt", f"a vqa prompt is a template that must contain "
                                          f"{QUESTION_PLACEHOLDER} (where the row's question goes)")
         if self.type == "caption" and has_placeholder:
-            raise _field_error("prompt", f"{QUESTION_PLACEHOLDER} is only filled for task.type vqa")
+            raise field_error("prompt", f"{QUESTION_PLACEHOLDER} is only filled for task.type vqa")
         return self
 
     def render_prompt(self, question: str | None = None) -> str:
@@ -232,17 +213,17 @@ class ModelSection(_Section):
     @model_validator(mode="after")
     def _resolve(self) -> ModelSection:
         if (self.preset is None) == (self.name_or_path is None):
-            raise _field_error("preset", "set exactly one of 'preset' (a file in configs/models) "
+            raise field_error("preset", "set exactly one of 'preset' (a file in configs/models) "
                                          "or 'name_or_path' (a hub id or local path)")
         settings: dict[str, Any] = {"preset": self.preset, "tiny": None, "name_or_path": None}
         if self.preset is not None:
             try:
                 preset = presets.load_model_preset(self.preset)
             except presets.PresetError as error:
-                raise _field_error("preset", str(error)) from None
+                raise field_error("preset", str(error)) from None
             except ValidationError as error:
                 where = presets.find_preset("models", self.preset)
-                raise _field_error("preset", f"{where}: "
+                raise field_error("preset", f"{where}: "
                                    + "; ".join(format_validation_error(error))) from None
             settings.update(preset.model_dump())
         else:
@@ -253,67 +234,13 @@ class ModelSection(_Section):
                          if name in self.model_fields_set})
         if settings["tiny"] is not None:
             if settings["family"] not in ("auto", settings["tiny"]):
-                raise _field_error("family", f"{settings['family']!r} contradicts the tiny "
+                raise field_error("family", f"{settings['family']!r} contradicts the tiny "
                                              f"{settings['tiny']} model of preset {self.preset!r}")
             settings["family"] = settings["tiny"]
         if settings["name_or_path"] is not None:
             settings["name_or_path"] = _local_or_hub(settings["name_or_path"])
         self._settings = ModelSettings(**settings)
         return self
-
-
-def _zipvl_problem(field: str, message: str, origin: str | None) -> PydanticCustomError:
-    where = f" (in preset {origin})" if origin else ""
-    return _field_error(field, message + where)
-
-
-def resolve_zipvl(value: bool | str | dict[str, Any]) -> ZipVLConfig | None:
-    """A ``zipvl:`` value (preset name/path, mapping, ``true``, ``false``) -> config, or None (dense).
-
-    Raises the pydantic error type the spec formats; field paths are relative to ``zipvl``.
-    """
-    origin = None
-    if value is False:
-        return None
-    if value is True:
-        value = {}
-    if isinstance(value, str):
-        try:
-            origin = str(presets.find_preset("zipvl", value))
-            value = presets.load_zipvl_preset(value)
-        except presets.PresetError as error:
-            raise _field_error("", str(error)) from None
-    mapping = dict(value)
-    enabled = mapping.pop("enabled", True)
-    if not isinstance(enabled, bool):
-        raise _zipvl_problem("enabled", "must be true or false", origin)
-    if not enabled:
-        if mapping:
-            raise _zipvl_problem("enabled", "false means dense (no ZipVL); remove the other "
-                                 f"keys ({', '.join(sorted(map(str, mapping)))})", origin)
-        return None
-    for key in mapping:
-        if key not in ZIPVL_KEYS:
-            raise _zipvl_problem(str(key), unknown_key(str(key), ZIPVL_KEYS), origin)
-    dense_layers = mapping.get("dense_layers", [])
-    if not isinstance(dense_layers, (list, tuple)):
-        raise _zipvl_problem("dense_layers", "must be a list of layer indices", origin)
-    try:
-        return ZipVLConfig.from_dict(mapping)
-    except (TypeError, ValueError) as error:
-        # ZipVLConfig says "ZipVLConfig.<field> <message>": keep the field as the path.
-        match = re.match(r"ZipVLConfig\.(\w+) (.*)", str(error), re.DOTALL)
-        if match:
-            raise _zipvl_problem(match.group(1), match.group(2), origin) from None
-        raise _zipvl_problem("", str(error), origin) from None
-
-
-def _check_zipvl_value(value: Any) -> bool | str | dict[str, Any]:
-    # Its shape only: JobSpec resolves it once, after the other fields (_cross_checks).
-    if isinstance(value, (bool, dict)) or (isinstance(value, str) and value.strip()):
-        return value
-    raise _field_error("", "must be a preset name (configs/zipvl), a path to a preset file, "
-                           "a mapping of ZipVLConfig fields, or false for dense")
 
 
 class GenerationSection(_Section):
@@ -329,7 +256,7 @@ def _check_gpus(value: Any) -> str | float:
         return value
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
         return float(value)
-    raise _field_error("", f"must be 'auto' or a number >= 0, got {value!r}")
+    raise field_error("", f"must be 'auto' or a number >= 0, got {value!r}")
 
 
 class ResourcesSection(_Section):
@@ -369,7 +296,7 @@ class RaySection(_Section):
         if self.address is not None:
             for name in ("num_cpus", "resources"):
                 if getattr(self, name):
-                    raise _field_error(name, "only applies to a local Ray (ray.address: null)")
+                    raise field_error(name, "only applies to a local Ray (ray.address: null)")
         return self
 
 
@@ -388,24 +315,24 @@ class JobSpec(_Section):
 
     _zipvl_config: ZipVLConfig | None = PrivateAttr(default=None)
 
-    _zipvl_value = field_validator("zipvl", mode="plain")(_check_zipvl_value)
+    _zipvl_value = field_validator("zipvl", mode="plain")(check_zipvl_value)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> JobSpec:
         columns = self.input.columns
         if self.task.type == "vqa" and columns.prompt is None:
-            raise _field_error("input.columns.prompt",
+            raise field_error("input.columns.prompt",
                                "task.type vqa needs the input column holding the question")
         if self.task.type == "caption" and columns.prompt is not None:
-            raise _field_error("input.columns.prompt",
+            raise field_error("input.columns.prompt",
                                "only task.type vqa reads a prompt column; remove it for caption")
         if self.input.path == self.output.path:
-            raise _field_error("output.path", "must differ from input.path")
+            raise field_error("output.path", "must differ from input.path")
         try:
             self._zipvl_config = resolve_zipvl(self.zipvl)
         except PydanticCustomError as error:  # its field path is relative to zipvl
             field = str((error.context or {}).get("field", ""))
-            raise _field_error(f"zipvl.{field}" if field else "zipvl",
+            raise field_error(f"zipvl.{field}" if field else "zipvl",
                                str((error.context or {}).get("message", error))) from None
         return self
 
@@ -461,7 +388,7 @@ def format_validation_error(error: ValidationError) -> list[str]:
     for item in error.errors(include_url=False, include_input=False):
         loc = [str(part) for part in item["loc"]]
         ctx = item.get("ctx") or {}
-        if item["type"] == _FIELD_ERROR:
+        if item["type"] == FIELD_ERROR:
             loc += [part for part in str(ctx.get("field", "")).split(".") if part]
             message = str(ctx.get("message", item["msg"]))
         elif item["type"] == "extra_forbidden":

@@ -17,6 +17,11 @@ botocore's own resolution order so that the result matches the AWS CLI.
 
 A job may override any of it with ``storage_options`` (:class:`StorageOptions`).
 
+(About 390 lines, over the project's ~350: the AWS resolution order, the filesystem it
+configures and the error messages that describe that same configuration are one
+contract, tested together against a real S3 server; split, each part would need the
+others' private helpers.)
+
 Credentials found in the driver's environment are passed to the filesystem
 explicitly: the filesystem object is pickled into Ray workers, which then need
 no AWS environment of their own (a Ray cluster started before the variables
