@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 
 from pipeline.errors import JobError
 from pipeline.output import filesystem_for
+from pipeline.row_ids import canonical_ids
 from pipeline.storage import explain_storage_error
 
 _GLOB_CHARACTERS = "*?["
@@ -58,6 +59,24 @@ def count_rows(filesystem: pafs.FileSystem, files: list[str]) -> int:
         except Exception as error:
             raise JobError(f"input.path: cannot read the Parquet footer of {path}: {error}") from error
     return total
+
+
+def count_null_ids(filesystem: pafs.FileSystem, files: list[str], id_column: str) -> int:
+    """Null cells of the id column, from the footers' statistics (where a writer left none,
+    that row group is not counted: the decode stage still turns such a row into an error)."""
+    nulls = 0
+    for path in files:
+        with filesystem.open_input_file(path) as handle:
+            metadata = pq.ParquetFile(handle).metadata
+        names = [metadata.schema.column(i).path for i in range(metadata.num_columns)]
+        if id_column not in names:
+            continue
+        index = names.index(id_column)
+        for group in range(metadata.num_row_groups):
+            statistics = metadata.row_group(group).column(index).statistics
+            if statistics is not None and statistics.has_null_count:
+                nulls += statistics.null_count
+    return nulls
 
 
 def _parquet_files_under(filesystem: pafs.FileSystem, directory: str) -> list[str]:
@@ -108,7 +127,7 @@ def first_ids(filesystem: pafs.FileSystem, files: list[str], id_column: str, lim
         if count >= limit:
             break
         ids = pq.read_table(path, columns=[id_column], filesystem=filesystem).column(id_column)
-        chunks.extend(ids.cast(pa.string()).chunks)
+        chunks.append(canonical_ids(ids))
         needed_files.append(path)
         count += len(ids)
     ids = pa.concat_arrays(chunks) if chunks else pa.array([], pa.string())

@@ -27,6 +27,7 @@ import pyarrow.compute as pc
 from pipeline.inputs import count_rows, first_ids, input_files, media_base_dir, storage_options_for
 from pipeline.media import MediaReader
 from pipeline.ray_setup import worker_resources
+from pipeline.row_ids import canonical_ids
 from pipeline.stages import DecodeStage, GenerateStage
 from pipeline.storage import is_s3
 
@@ -53,7 +54,7 @@ class _IdFilter:
 
         if self._ids is None:
             self._ids = ray.get(self.ids_ref)
-        member = pc.is_in(batch.column(self.id_column).cast(pa.string()), value_set=self._ids)
+        member = pc.is_in(canonical_ids(batch.column(self.id_column)), value_set=self._ids)
         return batch.filter(member if self.keep else pc.invert(member))
 
 

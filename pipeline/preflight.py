@@ -12,7 +12,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from pipeline.errors import JobError, first_line
-from pipeline.inputs import input_files, storage_options_for
+from pipeline.inputs import count_null_ids, input_files, storage_options_for
 from pipeline.output import filesystem_for
 
 
@@ -39,12 +39,20 @@ def _column_problems(spec: Any, files: list[str]) -> list[str]:
     except Exception as error:
         return [f"input.path: cannot read the Parquet schema of {files[0]}: {error}"]
     mapping = spec.input.columns.model_dump()
-    return [
+    problems = [
         f"input.columns.{field}: column {column!r} is not in the input "
         f"(columns: {', '.join(schema.names)})"
         for field, column in mapping.items()
         if column is not None and column not in schema.names
     ]
+    if not problems:
+        # A row without an id cannot be written once and found again by a rerun.
+        nulls = count_null_ids(filesystem, files, spec.input.columns.id)
+        if nulls:
+            problems.append(f"input.columns.id: {nulls} row(s) have a null id in column "
+                            f"{spec.input.columns.id!r}; give every row an id (or filter those "
+                            "rows out): a row without one cannot be resumed or matched")
+    return problems
 
 
 def _model_problems(spec: Any) -> list[str]:
