@@ -28,8 +28,10 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
+from pipeline.errors import SystemFault, first_line
 from pipeline.media import MediaError, MediaReader, decode_image, decode_video
 from pipeline.output import OUTPUT_COLUMNS, OUTPUT_SCHEMA
+from pipeline.row_ids import canonical_ids
 
 STATUS_OK = "ok"
 STATUS_ERROR = "error"
@@ -65,6 +67,10 @@ GENERATED_SCHEMA = pa.schema(
 def pack_frames(frames: list[Image.Image]) -> tuple[list[bytes], int, int]:
     """RGB frames of one size as raw bytes, with their width and height."""
     width, height = frames[0].size
+    for index, frame in enumerate(frames):
+        if frame.size != (width, height):
+            raise MediaError(f"the video's frames change size mid-clip: frame 0 is "
+                             f"{width}x{height}, frame {index} is {frame.size[0]}x{frame.size[1]}")
     return [frame.convert("RGB").tobytes() for frame in frames], width, height
 
 
@@ -90,7 +96,7 @@ class DecodeStage:
     reader: MediaReader | None = None
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        ids = [None if value is None else str(value) for value in batch.column(self.id_column).to_pylist()]
+        ids = canonical_ids(batch.column(self.id_column)).to_pylist()
         images = self._column(batch, self.image_column)
         videos = self._column(batch, self.video_column)
         questions = self._column(batch, self.question_column)
@@ -103,6 +109,13 @@ class DecodeStage:
                 frames, width, height = pack_frames(self._decode(images[index], videos[index]))
             except MediaError as problem:
                 frames, error, kind = [], str(problem), problem.kind
+            except SystemFault:
+                raise  # storage unreachable after its retries: the job stops, the row is redone
+            except Exception as problem:  # noqa: BLE001 (any other failure is this cell's)
+                # A cell no decoder expected (a struct whose bytes are a string, ...) is the
+                # row's fault; failing the block would fail every rerun on the same row.
+                frames, kind = [], "media"
+                error = f"cannot decode the media cell: {type(problem).__name__}: {first_line(problem)}"
             question = questions[index]
             columns["id"].append(row_id if row_id is not None else f"<null id at batch row {index}>")
             columns["frames"].append(frames)

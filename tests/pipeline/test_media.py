@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from pipeline.media import MediaError, MediaReader, decode_image, decode_video, read_cell_bytes
-from pipeline.stages import DecodeStage, unpack_frames
+from pipeline.stages import DecodeStage, pack_frames, unpack_frames
 
 
 def picture(seed: int, size: tuple[int, int] = (40, 24)) -> Image.Image:
@@ -192,3 +192,27 @@ def test_decode_stage_keeps_every_row_and_turns_broken_cells_into_error_rows():
     assert np.array_equal(np.asarray(image), np.asarray(good))
     frames = unpack_frames(rows[2]["frames"], rows[2]["frame_width"], rows[2]["frame_height"])
     assert len(frames) == 3 and rows[1]["frames"] == []
+
+
+def test_cells_no_decoder_expected_become_error_rows_not_failed_blocks():
+    # A struct column whose "bytes" field holds text: every decoder fails on it with a
+    # TypeError, which must stay this row's error (a failed block would fail every rerun).
+    batch = pa.table({
+        "key": ["text-bytes", "good"],
+        "img": pa.array([{"bytes": "not bytes at all", "path": None},
+                         {"bytes": "", "path": None}],
+                        type=pa.struct([("bytes", pa.string()), ("path", pa.string())])),
+    })
+    decoded = DecodeStage(id_column="key", image_column="img")(batch)
+    assert decoded.column("status").to_pylist() == ["error", "error"]
+    first, second = decoded.column("error").to_pylist()
+    assert first.startswith("cannot decode the media cell: TypeError")
+    assert "neither bytes nor a path" in second
+    assert decoded.column("error_kind").to_pylist() == ["media", "media"]
+
+
+def test_frames_that_change_size_mid_clip_are_a_media_error():
+    with pytest.raises(MediaError, match=r"change size mid-clip: frame 0 is 40x24, frame 2 is 20x12"):
+        pack_frames([picture(1), picture(2), picture(3, size=(20, 12))])
+    data, width, height = pack_frames([picture(1), picture(2)])
+    assert (width, height) == (40, 24) and [len(frame) for frame in data] == [40 * 24 * 3] * 2
