@@ -8,7 +8,9 @@ failure of the job) or the job file is valid; 1 the job could not run or finish 
 system fault such as a failing ``generate``: the rows it hit are not written, and
 rerunning resumes); 2 the job file is invalid (the message on stderr names the field);
 3 more than ``output.max_error_fraction`` of the rows are error rows (the rows are
-written); 130 interrupted (rerunning the same command resumes).
+written); 130 interrupted (Ctrl-C, SIGINT) and 143 terminated (SIGTERM: a spot reclaim,
+``ray job stop``): the finished rows are flushed into a shard first and rerunning the same
+command resumes.
 
 Heavy modules (the spec pulls in the ZipVL config, the runner pulls in Ray and torch)
 are imported inside the commands so ``zipvl-batch --help`` answers at once. Nothing
@@ -39,6 +41,7 @@ EXIT_FAILED = 1
 EXIT_BAD_JOB = 2
 EXIT_TOO_MANY_ERRORS = 3
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM, what a shell reports for a process SIGTERM ended
 
 logger = logging.getLogger("pipeline.cli")
 
@@ -237,6 +240,7 @@ def run(context: click.Context, job_file: str, overrides: tuple[str, ...], verbo
     from pipeline import runner
     from pipeline.errors import JobError, SpecError, TooManyErrors
     from pipeline.fault_injection import after_shard_from_environment
+    from pipeline.stop_signals import Terminated
 
     try:
         report = runner.run_job(spec, job_file=str(Path(job_file).resolve()),
@@ -252,10 +256,11 @@ def run(context: click.Context, job_file: str, overrides: tuple[str, ...], verbo
             _echo_error(traceback.format_exc())
         _echo_error(f"job {spec.name!r} failed: {error}")
         _exit(EXIT_FAILED)
-    except KeyboardInterrupt:
-        _echo_error(f"interrupted; rerun the same command to resume (finished shards in "
-                    f"{spec.output.path} are kept)")
-        _exit(EXIT_INTERRUPTED)
+    except KeyboardInterrupt as stop:
+        terminated = isinstance(stop, Terminated)
+        _echo_error(f"{'terminated (SIGTERM)' if terminated else 'interrupted'}; rerun the same "
+                    f"command to resume (finished shards in {spec.output.path} are kept)")
+        _exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED)
     except Exception as error:
         _fail_unexpected(f"job {spec.name!r} failed", error, verbose)
     for line in _result_lines(spec, report):

@@ -14,6 +14,7 @@ resumed run only ever adds files.
 from __future__ import annotations
 
 import json
+import os
 import posixpath
 import secrets
 import time
@@ -26,8 +27,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-
-from pipeline.errors import JobError
 
 OUTPUT_SCHEMA = pa.schema(
     [
@@ -79,19 +78,32 @@ def list_shards(filesystem: pafs.FileSystem, directory: str) -> list[str]:
     )
 
 
+# Unreadable shards are moved here (hidden: readers skip it) and their rows redone.
+QUARANTINE_DIR = ".zipvl/unreadable"
+
+
 @dataclass(frozen=True)
 class ExistingOutput:
-    """What finished shards already hold: their ids (the work resume skips) and the
-    kinds of their error rows (they count against ``output.max_error_fraction``)."""
+    """What finished shards already hold: their ids (the work resume skips), the
+    kinds of their error rows (they count against ``output.max_error_fraction``), and
+    the unreadable shards moved aside (``moved_aside``: original path -> new path)."""
 
     ids: pa.Array
     errors_by_kind: Counter
+    moved_aside: dict[str, str]
 
 
 def existing_output(filesystem: pafs.FileSystem, directory: str) -> ExistingOutput:
-    """Read the id, status and error kind columns of every finished shard."""
+    """Read the id, status and error kind columns of every finished shard.
+
+    A shard that cannot be read as Parquet (zero-length or truncated: a crash of a
+    machine that had not flushed it to disk) is moved into ``QUARANTINE_DIR`` and its
+    rows are not counted as done, so this run redoes them instead of every rerun
+    failing on it. An error of the store itself (access, network) is raised.
+    """
     chunks: list[pa.Array] = []
     errors: Counter = Counter()
+    moved: dict[str, str] = {}
     for path in list_shards(filesystem, directory):
         try:
             with filesystem.open_input_file(path) as handle:
@@ -100,18 +112,35 @@ def existing_output(filesystem: pafs.FileSystem, directory: str) -> ExistingOutp
                 columns = [name for name in ("id", "status", "error_kind")
                            if name in shard.schema_arrow.names]
                 table = shard.read(columns=columns)
-        except Exception as error:
-            raise JobError(
-                f"cannot read the id column of existing output shard {path}: {error}. "
-                "Move it away or choose another output.path."
-            ) from error
+        except (pa.ArrowInvalid, OSError) as error:
+            if not _is_corrupt_parquet(error):
+                raise
+            moved[path] = _move_aside(filesystem, directory, path)
+            continue
         chunks.extend(table.column("id").cast(pa.string()).chunks)
         failed = table.filter(pc.equal(table.column("status"), "error"))
         kinds = (failed.column("error_kind").to_pylist() if "error_kind" in columns
                  else [None] * failed.num_rows)
         errors.update(kind or "unknown" for kind in kinds)
     ids = pa.concat_arrays(chunks) if chunks else pa.array([], type=pa.string())
-    return ExistingOutput(ids=ids, errors_by_kind=errors)
+    return ExistingOutput(ids=ids, errors_by_kind=errors, moved_aside=moved)
+
+
+def _is_corrupt_parquet(error: Exception) -> bool:
+    # pyarrow raises ArrowInvalid for a bad footer or magic bytes ("Parquet file size is
+    # 0 bytes", "Parquet magic bytes not found"), and OSError for a truncated body
+    # ("Couldn't deserialize thrift", "Unexpected end of stream").
+    text = str(error)
+    return isinstance(error, pa.ArrowInvalid) or any(
+        marker in text for marker in ("Parquet", "thrift", "end of stream", "Unexpected end"))
+
+
+def _move_aside(filesystem: pafs.FileSystem, directory: str, path: str) -> str:
+    target_dir = posixpath.join(directory, QUARANTINE_DIR)
+    filesystem.create_dir(target_dir, recursive=True)
+    target = posixpath.join(target_dir, posixpath.basename(path))
+    filesystem.move(path, target)
+    return target
 
 
 def remove_stale_temp_files(filesystem: pafs.FileSystem, directory: str) -> int:
@@ -133,12 +162,22 @@ def remove_stale_temp_files(filesystem: pafs.FileSystem, directory: str) -> int:
 def write_bytes_atomically(filesystem: pafs.FileSystem, path: str, data: bytes) -> None:
     """Write `data` to `path` so that readers see either nothing or all of it."""
     directory, name = posixpath.split(path)
-    if _is_local(filesystem):
-        filesystem.create_dir(directory, recursive=True)
-        temp_path = posixpath.join(directory, f".{name}.tmp")
-        with filesystem.open_output_stream(temp_path) as stream:
-            stream.write(data)
-        filesystem.move(temp_path, path)
+    local_directory = _local_path(filesystem, directory)
+    if local_directory is not None:
+        # fsync the file before the rename and the folder after it: a shard that is
+        # visible survives a power loss or a machine crash whole, not zero-length.
+        os.makedirs(local_directory, exist_ok=True)
+        temp_path = os.path.join(local_directory, f".{name}.tmp")
+        with open(temp_path, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp_path, os.path.join(local_directory, name))
+        folder = os.open(local_directory, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
     else:
         # Object stores publish an object only when its upload completes.
         with filesystem.open_output_stream(path) as stream:
@@ -231,7 +270,9 @@ class ShardWriter:
         return path
 
 
-def _is_local(filesystem: pafs.FileSystem) -> bool:
+def _local_path(filesystem: pafs.FileSystem, path: str) -> str | None:
+    """The operating-system path of `path` when `filesystem` is local, else None."""
     if isinstance(filesystem, pafs.SubTreeFileSystem):
-        return _is_local(filesystem.base_fs)
-    return isinstance(filesystem, pafs.LocalFileSystem)
+        base = _local_path(filesystem.base_fs, filesystem.base_path)
+        return None if base is None else os.path.join(base, path.lstrip("/"))
+    return path if isinstance(filesystem, pafs.LocalFileSystem) else None

@@ -33,6 +33,7 @@ from pipeline.output import (
     remove_stale_temp_files,
     schema_metadata,
 )
+from pipeline.output_lock import OutputLock, lock_for_output
 from pipeline.plan import JobPlan, plan_job
 from pipeline.preflight import validate_job
 from pipeline.progress import Progress
@@ -45,6 +46,7 @@ from pipeline.stages import (
     GenerateStage,
     kept_ratio_sums,
 )
+from pipeline.stop_signals import Terminated, handled_stop_signals
 from pipeline.storage import explain_storage_error
 
 
@@ -64,7 +66,9 @@ def run_job(spec: Any, job_file: str | None = None, generate_stage: type = Gener
         raise JobError("the job cannot run:\n" + "\n".join(f"  {line}" for line in problems))
     started_ray = ensure_ray(spec)
     try:
-        return _run(spec, job_file, generate_stage, after_shard)
+        # After ensure_ray: ray.init replaces the SIGTERM handler with its own.
+        with handled_stop_signals():
+            return _run(spec, job_file, generate_stage, after_shard)
     finally:
         if started_ray:
             import ray
@@ -85,13 +89,32 @@ class _Run:
     run_id: str
     started_wall: float
     started_at: str
+    lock: OutputLock
     tally: RunTally = field(default_factory=RunTally)
 
 
 def _run(spec: Any, job_file: str | None, generate_stage: type,
          after_shard: AfterShard | None) -> dict[str, Any]:
     started_wall, started_at, run_id = time.monotonic(), _now(), new_run_id()
-    output_fs, output_dir, existing = _open_output(spec)
+    lock = _output_lock(spec, run_id)
+    try:
+        return _run_locked(spec, job_file, generate_stage, after_shard, lock, run_id,
+                           started_wall, started_at)
+    finally:
+        lock.release()
+
+
+def _output_lock(spec: Any, run_id: str) -> OutputLock:
+    output_options = storage_options_for(spec.output.storage_options)
+    _, output_dir = filesystem_for(spec.output.path, output_options)
+    return lock_for_output(spec.output.path, output_dir, output_options, run_id,
+                           spec.output.lock_ttl_seconds)
+
+
+def _run_locked(spec: Any, job_file: str | None, generate_stage: type,
+                after_shard: AfterShard | None, lock: OutputLock, run_id: str,
+                started_wall: float, started_at: str) -> dict[str, Any]:
+    output_fs, output_dir, existing = _open_output(spec, lock)
     listed = input_files(spec)
     with ray_data_settings(num_input_files=len(listed[1])):
         plan = plan_job(spec, existing.ids, generate_stage, listed)
@@ -100,7 +123,7 @@ def _run(spec: Any, job_file: str | None, generate_stage: type,
                              done_rows=plan.skipped, errors_by_kind=existing.errors_by_kind.copy())
         budget.check()  # earlier runs' error rows may already be over it
         run = _Run(spec, output_fs, output_dir, plan, writer, budget, run_id, started_wall,
-                   started_at)
+                   started_at, lock)
         print(f"[zipvl-batch] {spec.name}: {plan.to_process} row(s) to process "
               f"({plan.skipped} already in {spec.output.path}), model "
               f"{spec.model_settings().label}, method "
@@ -118,17 +141,22 @@ def _open_writer(spec: Any, output_fs: Any, output_dir: str, run_id: str) -> Sha
         raise JobError(f"output.path: {explain_storage_error('write', spec.output.path, options, error)}") from error
 
 
-def _open_output(spec: Any) -> tuple[Any, str, ExistingOutput]:
-    """The output folder's file system and path, and what its finished shards hold."""
+def _open_output(spec: Any, lock: OutputLock) -> tuple[Any, str, ExistingOutput]:
+    """Take the output folder's lock; its file system and path, and what its shards hold."""
     output_options = storage_options_for(spec.output.storage_options)
     output_fs, output_dir = filesystem_for(spec.output.path, output_options)
     try:
+        lock.acquire()  # before anything is deleted: temp files may be a live run's
         remove_stale_temp_files(output_fs, output_dir)
         existing = existing_output(output_fs, output_dir)
     except JobError:
         raise
     except Exception as error:
         raise JobError(f"output.path: {explain_storage_error('list', spec.output.path, output_options, error)}") from error
+    for path, target in existing.moved_aside.items():
+        print(f"[zipvl-batch] warning: output shard {path} cannot be read as Parquet (a crash "
+              f"before it reached the disk?); moved to {target}, and its rows will be redone",
+              file=sys.stderr)
     if len(existing.ids) and not spec.output.resume:
         raise JobError(f"output.path: {spec.output.path} already holds {len(list_shards(output_fs, output_dir))} "
                        "shard(s) and output.resume is false; remove them or choose another output.path")
@@ -147,6 +175,7 @@ def _stream(run: _Run, after_shard: AfterShard | None) -> None:
             batches = run.plan.dataset.iter_batches(batch_size=None, batch_format="pyarrow")
             try:
                 for batch in batches:
+                    run.lock.check()  # never write once another run holds the folder
                     _tally_batch(run.tally, run.budget, progress, batch)
                     writer.write(batch)
                     run.budget.check()
@@ -158,10 +187,11 @@ def _stream(run: _Run, after_shard: AfterShard | None) -> None:
                 # process (exit 1) before the CLI can report why the job stopped.
                 getattr(batches, "close", lambda: None)()
         writer.flush()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         # Keep what finished: the buffered rows become one more complete shard.
         writer.flush()
-        print(f"\n[zipvl-batch] interrupted; {writer.rows_written} row(s) saved, rerun to resume",
+        how = "terminated (SIGTERM)" if isinstance(stop, Terminated) else "interrupted"
+        print(f"\n[zipvl-batch] {how}; {writer.rows_written} row(s) saved, rerun to resume",
               file=sys.stderr)
         raise
     except TooManyErrors:

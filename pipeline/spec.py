@@ -277,6 +277,9 @@ class OutputSection(_Section):
     resume: bool = True
     # The job fails (exit 3) when more than this share of its rows are error rows.
     max_error_fraction: float = Field(default=DEFAULT_MAX_ERROR_FRACTION, ge=0, le=1)
+    # A run's lock on the output folder lapses this long after its last heartbeat
+    # (see pipeline/output_lock.py): how long a crashed run on another machine blocks a rerun.
+    lock_ttl_seconds: float = Field(default=60.0, ge=5)
 
     _absolute_path = field_validator("path")(_absolute_if_local)
     _options = field_validator("storage_options", mode="plain")(_check_storage_options)

@@ -295,6 +295,34 @@ def _s3_filesystem(settings: S3Settings) -> pafs.S3FileSystem:
     return pafs.S3FileSystem(**kwargs)
 
 
+def s3_client(storage_options: StorageOptionsLike = None) -> Any:
+    """A botocore S3 client with the same resolved settings as the job's filesystem.
+
+    For what pyarrow cannot do: conditional writes (``pipeline.output_lock``). Without
+    explicit keys it uses botocore's own credential chain, which refreshes expiring ones.
+    """
+    import botocore.session
+    from botocore import UNSIGNED
+    from botocore.config import Config
+
+    settings = resolve_s3_settings(storage_options)
+    path_style = settings.force_path_style if settings.force_path_style is not None \
+        else bool(settings.endpoint_url)
+    config = Config(s3={"addressing_style": "path" if path_style else "virtual"},
+                    retries={"max_attempts": 5, "mode": "standard"},
+                    **({"signature_version": UNSIGNED} if settings.anonymous else {}))
+    kwargs: dict[str, Any] = {"region_name": settings.region or "us-east-1", "config": config}
+    if settings.endpoint_url:
+        kwargs["endpoint_url"] = (settings.endpoint_url if "://" in settings.endpoint_url
+                                  else f"https://{settings.endpoint_url}")
+    if settings.access_key is not None:
+        kwargs.update(aws_access_key_id=settings.access_key,
+                      aws_secret_access_key=settings.secret_key,
+                      aws_session_token=settings.session_token)
+    session = botocore.session.Session(profile=_as_options(storage_options).profile)
+    return session.create_client("s3", **kwargs)
+
+
 def _credential_fields(settings: S3Settings) -> dict[str, Any]:
     """Anonymous access or explicit keys, named as pyarrow's S3FileSystem takes them."""
     if settings.anonymous:
