@@ -22,6 +22,9 @@ from typing import Any
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from pipeline.errors import SystemFault, first_line
+from pipeline.retries import DEFAULT_ATTEMPTS, is_transient, with_retries
+
 # Bytes of a cell shown in messages: enough to recognise "not an image" cases.
 _PREVIEW_BYTES = 16
 
@@ -52,22 +55,30 @@ class MediaReader:
 
     storage_options: Mapping[str, Any] | None = None
     s3_filesystem: Any = None
+    max_attempts: int = DEFAULT_ATTEMPTS
 
     def __call__(self, location: str) -> bytes:
-        from pipeline.storage import is_s3, read_bytes
-
         try:
-            if self.s3_filesystem is not None and is_s3(location):
-                bucket_and_key = location.split("://", 1)[1]
-                with self.s3_filesystem.open_input_stream(bucket_and_key) as stream:
-                    return stream.read()
-            options = dict(self.storage_options) if self.storage_options else None
-            return read_bytes(location, options)
+            return with_retries(lambda: self._read(location), self.max_attempts)
         except Exception as error:
             # pipeline.storage wraps a missing file in its own StorageError.
             if isinstance(error, FileNotFoundError) or isinstance(error.__cause__, FileNotFoundError):
                 raise MediaError(f"media file not found: {location}", kind="missing_media") from None
+            if is_transient(error) or is_transient(error.__cause__ or error):
+                # The storage, not the row: stop the job (rerun to resume), write no error row.
+                raise SystemFault(f"storage unreachable after {self.max_attempts} attempt(s): "
+                                  f"cannot read media file {location}: {first_line(error)}") from None
             raise MediaError(f"cannot read media file {location}: {error}") from None
+
+    def _read(self, location: str) -> bytes:
+        from pipeline.storage import is_s3, read_bytes
+
+        if self.s3_filesystem is not None and is_s3(location):
+            bucket_and_key = location.split("://", 1)[1]
+            with self.s3_filesystem.open_input_stream(bucket_and_key) as stream:
+                return stream.read()
+        options = dict(self.storage_options) if self.storage_options else None
+        return read_bytes(location, options)
 
 
 def decode_image(

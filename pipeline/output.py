@@ -28,6 +28,8 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from pipeline.retries import DEFAULT_ATTEMPTS, with_retries
+
 OUTPUT_SCHEMA = pa.schema(
     [
         pa.field("id", pa.string(), nullable=False),
@@ -159,8 +161,13 @@ def remove_stale_temp_files(filesystem: pafs.FileSystem, directory: str) -> int:
     return removed
 
 
-def write_bytes_atomically(filesystem: pafs.FileSystem, path: str, data: bytes) -> None:
-    """Write `data` to `path` so that readers see either nothing or all of it."""
+def write_bytes_atomically(filesystem: pafs.FileSystem, path: str, data: bytes,
+                           attempts: int = DEFAULT_ATTEMPTS) -> None:
+    """Write `data` to `path` so that readers see either nothing or all of it.
+
+    On an object store the upload is retried through transient failures (`attempts`
+    calls in all): each try is a whole object, so a failed one leaves nothing behind.
+    """
     directory, name = posixpath.split(path)
     local_directory = _local_path(filesystem, directory)
     if local_directory is not None:
@@ -180,8 +187,11 @@ def write_bytes_atomically(filesystem: pafs.FileSystem, path: str, data: bytes) 
             os.close(folder)
     else:
         # Object stores publish an object only when its upload completes.
-        with filesystem.open_output_stream(path) as stream:
-            stream.write(data)
+        def upload() -> None:
+            with filesystem.open_output_stream(path) as stream:
+                stream.write(data)
+
+        with_retries(upload, attempts)
 
 
 def schema_metadata(settings: Mapping[str, Any]) -> dict[bytes, bytes]:
@@ -207,6 +217,7 @@ class ShardWriter:
         run_id: str,
         rows_per_file: int,
         metadata: Mapping[bytes, bytes] | None = None,
+        attempts: int = DEFAULT_ATTEMPTS,
     ) -> None:
         if rows_per_file < 1:
             raise ValueError(f"rows_per_file must be >= 1, got {rows_per_file}")
@@ -214,6 +225,7 @@ class ShardWriter:
         self.directory = directory
         self.run_id = run_id
         self.rows_per_file = rows_per_file
+        self.attempts = attempts
         self.schema = OUTPUT_SCHEMA.with_metadata(dict(metadata or {}))
         self.shards: list[str] = []
         self.rows_written = 0
@@ -264,7 +276,8 @@ class ShardWriter:
         # Serialise in memory first: a failure while encoding never reaches storage.
         buffer = pa.BufferOutputStream()
         pq.write_table(table.combine_chunks(), buffer, compression="zstd")
-        write_bytes_atomically(self.filesystem, path, buffer.getvalue().to_pybytes())
+        write_bytes_atomically(self.filesystem, path, buffer.getvalue().to_pybytes(),
+                               self.attempts)
         self.shards.append(path)
         self.rows_written += table.num_rows
         return path

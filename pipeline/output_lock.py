@@ -30,6 +30,9 @@ from typing import Any
 from pipeline.errors import JobError
 
 LOCK_NAME = ".zipvl/lock.json"
+# Run ids whose lease this process holds now: a lease naming this process but none of
+# these was left by an earlier run in it whose release failed (storage down), so it is stale.
+_HELD_HERE: set[str] = set()
 
 
 class OutputLocked(JobError):
@@ -52,7 +55,11 @@ class Lease:
     def is_stale(self, now: float) -> bool:
         if now - self.heartbeat_at > self.ttl_seconds:
             return True
-        return self.host == socket.gethostname() and not _process_alive(self.pid)
+        if self.host != socket.gethostname():
+            return False
+        if self.pid == os.getpid():
+            return self.run_id not in _HELD_HERE
+        return not _process_alive(self.pid)
 
     def describe(self) -> str:
         age = time.time() - self.heartbeat_at
@@ -195,6 +202,7 @@ class OutputLock:
         else:
             raise OutputLocked(f"output.path: could not take the lock on {self.where}: other runs "
                                "keep changing it")
+        _HELD_HERE.add(self.run_id)
         self._thread = threading.Thread(target=self._beat, args=(started_at,), daemon=True,
                                         name="zipvl-output-lock")
         self._thread.start()
@@ -221,6 +229,7 @@ class OutputLock:
             raise LockLost(self._lost)
 
     def release(self) -> None:
+        _HELD_HERE.discard(self.run_id)
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=self.ttl_seconds)

@@ -29,7 +29,7 @@ from pipeline.media import MediaReader
 from pipeline.ray_setup import worker_resources
 from pipeline.row_ids import canonical_ids
 from pipeline.stages import DecodeStage, GenerateStage
-from pipeline.storage import is_s3
+from pipeline.storage import is_s3, max_attempts
 
 # Memory (bytes) a decode task reserves: a batch of decoded frames (8 video frames
 # at 1080p, RGB, are 50 MB).
@@ -155,5 +155,6 @@ def _decode_stage(spec: Any, input_fs: Any) -> DecodeStage:
         reader=MediaReader(
             storage_options=storage_options_for(spec.input.storage_options),
             s3_filesystem=input_fs if is_s3(spec.input.path) else None,
+            max_attempts=max_attempts(storage_options_for(spec.input.storage_options)),
         ),
     )

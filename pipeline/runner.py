@@ -47,7 +47,7 @@ from pipeline.stages import (
     kept_ratio_sums,
 )
 from pipeline.stop_signals import Terminated, handled_stop_signals
-from pipeline.storage import explain_storage_error
+from pipeline.storage import explain_storage_error, max_attempts
 
 
 def run_job(spec: Any, job_file: str | None = None, generate_stage: type = GenerateStage,
@@ -134,8 +134,9 @@ def _run_locked(spec: Any, job_file: str | None, generate_stage: type,
 
 def _open_writer(spec: Any, output_fs: Any, output_dir: str, run_id: str) -> ShardWriter:
     try:
+        options = storage_options_for(spec.output.storage_options)
         return ShardWriter(output_fs, output_dir, run_id, spec.output.rows_per_file,
-                           _metadata(spec, run_id))
+                           _metadata(spec, run_id), attempts=max_attempts(options))
     except Exception as error:
         options = storage_options_for(spec.output.storage_options)
         raise JobError(f"output.path: {explain_storage_error('write', spec.output.path, options, error)}") from error

@@ -40,9 +40,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pyarrow.fs as pafs
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipeline.redaction import redact, redact_url
+from pipeline.retries import DEFAULT_ATTEMPTS
 
 S3_SCHEMES = ("s3", "s3a")
 
@@ -87,6 +88,8 @@ class StorageOptions(BaseModel):
     session_token: str | None = None
     # None: path-style for custom endpoints, virtual-hosted for AWS (pyarrow's default).
     force_path_style: bool | None = None
+    # Calls to this location are retried through transient failures (pipeline.retries).
+    max_attempts: int = Field(default=DEFAULT_ATTEMPTS, ge=1, le=100)
 
     @model_validator(mode="after")
     def _check_credentials(self) -> StorageOptions:
@@ -293,6 +296,11 @@ def _s3_filesystem(settings: S3Settings) -> pafs.S3FileSystem:
         kwargs["endpoint_override"] = f"s3.{region}.amazonaws.com"
     kwargs.update(_credential_fields(settings))
     return pafs.S3FileSystem(**kwargs)
+
+
+def max_attempts(storage_options: StorageOptionsLike = None) -> int:
+    """How many times a call to this location is tried (``storage_options.max_attempts``)."""
+    return _as_options(storage_options).max_attempts
 
 
 def s3_client(storage_options: StorageOptionsLike = None) -> Any:

@@ -78,6 +78,16 @@ class S3Server:
     secret_key: str = field(repr=False)
     region: str = REGION
     data_dir: Path | None = None
+    # Set by running_s3_server: stop and start the same server (same ports, data, keys).
+    _control: dict = field(default_factory=dict, repr=False)
+
+    def stop(self) -> None:
+        """Stop the server (as a crash or a restart would); ``start`` brings it back."""
+        self._control["stop"]()
+
+    def start(self) -> None:
+        """Start the stopped server again on the same ports and data; returns when it answers."""
+        self._control["start"]()
 
     def storage_options(self) -> dict[str, str]:
         """Per-job ``storage_options`` that reach this server without any environment."""
@@ -216,20 +226,27 @@ def running_s3_server(data_dir: Path) -> Iterator[S3Server]:
     socket_dir = Path(tempfile.mkdtemp(prefix="weed-"))
     environment["TMPDIR"] = str(socket_dir)
     log_path = data_dir / "weed.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            _weed_command(binary, data_dir, socket_dir, ports),
-            cwd=data_dir,
-            env=environment,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    processes: list[subprocess.Popen] = []
+
+    def start() -> None:
+        with open(log_path, "ab") as log:
+            processes.append(subprocess.Popen(
+                _weed_command(binary, data_dir, socket_dir, ports),
+                cwd=data_dir,
+                env=environment,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            ))
+        _wait_until_ready(processes[-1], server, log_path)
+
+    server._control.update(start=start, stop=lambda: _stop(processes[-1]))
     try:
-        _wait_until_ready(process, server, log_path)
+        start()
         yield server
     finally:
-        _stop(process)
+        if processes:
+            _stop(processes[-1])
         shutil.rmtree(socket_dir, ignore_errors=True)
 
 

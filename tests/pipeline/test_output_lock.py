@@ -52,6 +52,15 @@ def dead_pid() -> int:
     return process.pid
 
 
+@pytest.fixture
+def live_pid():
+    """The pid of another live process on this host (a holder that is still running)."""
+    process = subprocess.Popen(["sleep", "300"])
+    yield process.pid
+    process.kill()
+    process.wait()
+
+
 def stores(tmp_path: Path, s3_server) -> dict:
     bucket = s3_server.create_bucket()
     client = s3_client(s3_server.storage_options())
@@ -60,15 +69,19 @@ def stores(tmp_path: Path, s3_server) -> dict:
 
 
 @pytest.mark.parametrize("kind", ["local", "s3"])
-def test_a_live_holder_is_refused_and_a_dead_or_lapsed_one_taken_over(kind, tmp_path, s3_server):
+def test_a_live_holder_is_refused_and_a_dead_or_lapsed_one_taken_over(kind, tmp_path, s3_server,
+                                                                      live_pid):
     store = stores(tmp_path, s3_server)[kind]
-    assert store.create(lease("holder", pid=os.getpid())) is not None  # alive, fresh
+    assert store.create(lease("holder", pid=live_pid)) is not None  # alive, fresh
     assert store.create(lease("second")) is None  # the conditional create refuses
     with pytest.raises(OutputLocked, match=r"another run holder \(host .*, pid \d+"):
         OutputLock(store, "me", 60.0, "the output").acquire()
 
     for stale in (lease("crashed", pid=dead_pid()),  # this host, process gone
-                  lease("lapsed", host="elsewhere", age=120.0)):  # other host, heartbeat old
+                  lease("lapsed", host="elsewhere", age=120.0),  # other host, heartbeat old
+                  # this very process, but no lock of it holds this run: an earlier run
+                  # whose release failed (storage down)
+                  lease("earlier-run-here", pid=os.getpid())):
         data, token = store.read()
         assert store.replace(stale, token) is not None
         lock = OutputLock(store, "me", 60.0, "the output")
@@ -76,7 +89,7 @@ def test_a_live_holder_is_refused_and_a_dead_or_lapsed_one_taken_over(kind, tmp_
         assert json.loads(store.read()[0])["run_id"] == "me"
         lock.release()
         assert store.read() is None  # released: nothing left behind
-        assert store.create(lease("holder", pid=os.getpid())) is not None
+        assert store.create(lease("holder", pid=live_pid)) is not None
 
 
 @pytest.mark.parametrize("kind", ["local", "s3"])
@@ -101,10 +114,10 @@ def test_a_run_whose_lease_was_taken_over_stops(kind, tmp_path, s3_server):
     assert json.loads(store.read()[0])["run_id"] == "taker"  # the taker's lease is left alone
 
 
-def test_run_job_refuses_a_held_output_and_leaves_its_temp_files(ray_cluster, tmp_path):
+def test_run_job_refuses_a_held_output_and_leaves_its_temp_files(ray_cluster, tmp_path, live_pid):
     output_dir = tmp_path / "out"
     (output_dir / ".zipvl").mkdir(parents=True)
-    (output_dir / LOCK_NAME).write_bytes(lease("the-other-run", pid=os.getpid()))
+    (output_dir / LOCK_NAME).write_bytes(lease("the-other-run", pid=live_pid))
     temp = output_dir / ".part-the-other-run-00000.parquet.tmp"
     temp.write_bytes(b"being written")
     spec = load_job(CAPTIONS_JOB, [*OVERRIDES, f"output.path={output_dir}", "input.limit=2"])
