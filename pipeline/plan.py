@@ -72,18 +72,19 @@ class JobPlan:
 
 
 def plan_job(spec: Any, done_ids: pa.Array, generate_stage: type = GenerateStage,
-             listed: tuple[Any, list[str]] | None = None) -> JobPlan:
+             listed: tuple[Any, list[str]] | None = None, joined_cluster: bool = False) -> JobPlan:
     """Build the (lazy) Ray Data plan of `spec`, leaving out the ids in `done_ids`.
 
     `generate_stage` is the actor class of the generate stage: tests pass a
     ``GenerateStage`` subclass to inject faults into a real run. `listed` is
-    ``inputs.input_files(spec)`` where the caller already has it.
+    ``inputs.input_files(spec)`` where the caller already has it. `joined_cluster`:
+    Ray was running before the job (see ``ray_setup.worker_resources``).
     """
     import ray
     from ray.data import ActorPoolStrategy, TaskPoolStrategy
 
     input_fs, files = listed or input_files(spec)
-    resources = worker_resources(spec)
+    resources = worker_resources(spec, joined_cluster)
     columns = spec.input.columns
     selected = list(dict.fromkeys(n for n in (columns.id, columns.image, columns.video, columns.prompt) if n))
     files, row_filter, input_rows, skipped = _rows_to_do(spec, input_fs, files, done_ids)

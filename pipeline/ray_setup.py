@@ -50,12 +50,22 @@ class WorkerResources:
     resources: dict[str, float]
 
 
-def worker_resources(spec: Any) -> WorkerResources:
-    """Resolve ``gpus_per_worker: auto`` and check that the cluster can place a worker."""
+def worker_resources(spec: Any, joined_cluster: bool = False) -> WorkerResources:
+    """Resolve ``gpus_per_worker: auto`` and check that the cluster can place a worker.
+
+    ``auto`` is 1 GPU where the cluster has GPUs. Where it has none, a private local Ray
+    (a laptop, the demo) runs on CPU; a cluster that was joined (`joined_cluster`) is an
+    error instead: its GPU nodes are down or not yet up, and a 10M-row job silently run
+    on CPU would take months. ``gpus_per_worker: 0`` asks for CPU explicitly.
+    """
     import ray
 
     cluster = ray.cluster_resources()
     requested = spec.resources.gpus_per_worker
+    if requested == "auto" and cluster.get("GPU", 0) < 1 and joined_cluster:
+        raise JobError("resources.gpus_per_worker: auto, but the Ray cluster this job joined has "
+                       "no GPU (are its GPU nodes down, or still starting?); wait for them, or "
+                       "set resources.gpus_per_worker: 0 to run on CPU")
     gpus = (1.0 if cluster.get("GPU", 0) >= 1 else 0.0) if requested == "auto" else float(requested)
     if gpus > 0 and cluster.get("GPU", 0) < gpus:
         raise JobError(f"resources.gpus_per_worker: {gpus:g} GPU(s) per worker, but the Ray "

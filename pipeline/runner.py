@@ -68,7 +68,7 @@ def run_job(spec: Any, job_file: str | None = None, generate_stage: type = Gener
     try:
         # After ensure_ray: ray.init replaces the SIGTERM handler with its own.
         with handled_stop_signals():
-            return _run(spec, job_file, generate_stage, after_shard)
+            return _run(spec, job_file, generate_stage, after_shard, joined_cluster=not started_ray)
     finally:
         if started_ray:
             import ray
@@ -94,12 +94,12 @@ class _Run:
 
 
 def _run(spec: Any, job_file: str | None, generate_stage: type,
-         after_shard: AfterShard | None) -> dict[str, Any]:
+         after_shard: AfterShard | None, joined_cluster: bool) -> dict[str, Any]:
     started_wall, started_at, run_id = time.monotonic(), _now(), new_run_id()
     lock = _output_lock(spec, run_id)
     try:
         return _run_locked(spec, job_file, generate_stage, after_shard, lock, run_id,
-                           started_wall, started_at)
+                           started_wall, started_at, joined_cluster)
     finally:
         lock.release()
 
@@ -113,11 +113,11 @@ def _output_lock(spec: Any, run_id: str) -> OutputLock:
 
 def _run_locked(spec: Any, job_file: str | None, generate_stage: type,
                 after_shard: AfterShard | None, lock: OutputLock, run_id: str,
-                started_wall: float, started_at: str) -> dict[str, Any]:
+                started_wall: float, started_at: str, joined_cluster: bool) -> dict[str, Any]:
     output_fs, output_dir, existing = _open_output(spec, lock)
     listed = input_files(spec)
     with ray_data_settings(num_input_files=len(listed[1])):
-        plan = plan_job(spec, existing.ids, generate_stage, listed)
+        plan = plan_job(spec, existing.ids, generate_stage, listed, joined_cluster)
         writer = _open_writer(spec, output_fs, output_dir, run_id)
         budget = ErrorBudget(spec.output.max_error_fraction, job_rows=plan.input_rows,
                              done_rows=plan.skipped, errors_by_kind=existing.errors_by_kind.copy())

@@ -258,6 +258,7 @@ def test_videos_and_questions_with_qwen2_vl(ray_cluster, tmp_path: Path):
         "zipvl.num_random_probes=8",
         "generation.max_new_tokens=6",
         "resources.workers=1",
+        "resources.gpus_per_worker=0",
         f"resources.accelerator_resource={ACCELERATOR}",
         "resources.cpus_per_worker=0",
         "resources.batch_size=3",
@@ -340,6 +341,7 @@ def test_a_model_that_fails_to_load_in_the_workers_fails_the_job(ray_cluster, tm
         "input.limit=4",
         f"resources.accelerator_resource={ACCELERATOR}",
         "resources.cpus_per_worker=0",
+        "resources.gpus_per_worker=0",
     ])
     with pytest.raises(JobError, match="model.safetensors"):
         run_job(spec)
@@ -359,10 +361,20 @@ def test_workers_taking_every_cpu_fail_up_front_instead_of_hanging(ray_cluster, 
     total_cpus = ray.cluster_resources()["CPU"]
     spec = load_job(CAPTIONS_JOB, [f"output.path={tmp_path / 'out'}",
                                    f"resources.workers={int(total_cpus)}",
-                                   "resources.cpus_per_worker=1"])
+                                   "resources.cpus_per_worker=1", "resources.gpus_per_worker=0"])
     with pytest.raises(JobError, match=r"^resources: .*cpus_per_worker"):
         run_job(spec)
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").glob("part-*"))
+
+
+def test_auto_gpus_on_a_joined_cluster_without_gpus_is_an_error_not_a_cpu_run(ray_cluster, tmp_path):
+    # The session cluster has no GPU: its "GPU nodes are down". auto must not fall back to CPU.
+    spec = load_job(CAPTIONS_JOB, [f"output.path={tmp_path / 'out'}", "input.limit=2"])
+    assert spec.resources.gpus_per_worker == "auto"
+    with pytest.raises(JobError, match=r"^resources.gpus_per_worker: auto, but the Ray cluster "
+                                       r"this job joined has no GPU"):
+        run_job(spec)
+    assert not list((tmp_path / "out").glob("part-*"))
 
 
 def test_decoding_stays_a_separate_stage_from_generation(ray_cluster, tmp_path: Path, capsys):
