@@ -30,8 +30,8 @@ class SpecError(JobError):
 
 
 class SystemFault(Exception):
-    """Generation failed for a reason that is not the row's: a CUDA or driver error,
-    out-of-memory at batch size 1, an internal error of the model or of ZipVL.
+    """Generation failed for a reason that is not the row's: a CUDA or driver error, an
+    internal error of the model or of ZipVL, storage that stays unreachable.
 
     Raised inside a generate actor, it fails the Ray Data pipeline, so the rows of the
     batch are never written: the job stops with exit 1 and a rerun does them. Writing
@@ -52,4 +52,5 @@ ERROR_KINDS = {
     "prompt": "the row cannot be made into a prompt (e.g. an empty question)",
     "preprocess": "the model's processor refused the row's media or text",
     "too_long": "the prompt plus max_new_tokens exceeds the model's context",
+    "too_large": "the row runs out of accelerator memory even alone in its batch",
 }

@@ -142,28 +142,43 @@ def generate_rows(
     refusing a row (``preprocess``) and a prompt that leaves no room for
     ``max_new_tokens`` in the model's context (``too_long``). Everything that fails
     after that is the system's: ``SystemFault`` is raised and no row of the batch is
-    answered. Out of memory is retried one row at a time first.
+    answered. Out of memory splits the batch in halves, down to single rows; a row that
+    does not fit even alone is a ``too_large`` error row.
     """
     if generation.do_sample and row_ids is None:
         raise ValueError("sampling needs the row ids: each row has its own random stream")
     results: list[RowResult | None] = [None] * len(texts)
     rows, inputs = _admissible_rows(loaded, texts, images, generation, results)
-    ids = None if row_ids is None else [row_ids[row] for row in rows]
     if rows:
-        try:
-            answers = _generate_or_fault(loaded, inputs, generation, ids)
-        except torch.OutOfMemoryError:
-            logger.warning("batch of %d ran out of memory; retrying one row at a time", len(rows))
-            answers = []
-            for row in rows:
-                _release_memory(loaded.device)
-                single = build_model_inputs(loaded.processor, [texts[row]], [images[row]])
-                answers.extend(_generate_or_fault(loaded, single, generation,
-                                                  None if row_ids is None else [row_ids[row]]))
-        for row, answer in zip(rows, answers):
-            results[row] = answer
+        answers = _generate_halving(loaded, rows, inputs, texts, images, generation, row_ids)
+        for row in rows:
+            results[row] = answers[row]
     assert all(result is not None for result in results)
     return results  # type: ignore[return-value]
+
+
+def _generate_halving(loaded: LoadedModel, rows: list[int], inputs: BatchFeature | None,
+                      texts: Sequence[str], images: Sequence[Sequence[Image.Image]],
+                      generation: GenerationSettings,
+                      row_ids: Sequence[str] | None) -> dict[int, RowResult]:
+    """Answers of `rows` (their model `inputs` when already built), halving on out of memory."""
+    if inputs is None:
+        inputs = build_model_inputs(loaded.processor, [texts[row] for row in rows],
+                                    [images[row] for row in rows])
+    ids = None if row_ids is None else [row_ids[row] for row in rows]
+    try:
+        return dict(zip(rows, _generate_or_fault(loaded, inputs, generation, ids)))
+    except torch.OutOfMemoryError as error:
+        _release_memory(loaded.device)
+        if len(rows) == 1:
+            return {rows[0]: RowResult(
+                error=_describe("too large for this model on this device: out of memory "
+                                "generating it alone", error), error_kind="too_large")}
+        half = len(rows) // 2
+        logger.warning("batch of %d ran out of memory; retrying it as %d + %d rows",
+                       len(rows), half, len(rows) - half)
+        return {**_generate_halving(loaded, rows[:half], None, texts, images, generation, row_ids),
+                **_generate_halving(loaded, rows[half:], None, texts, images, generation, row_ids)}
 
 
 def _admissible_rows(loaded: LoadedModel, texts: Sequence[str],
@@ -210,15 +225,13 @@ def context_length(model: Any) -> int | None:
 
 def _generate_or_fault(loaded: LoadedModel, inputs: BatchFeature, generation: GenerationSettings,
                        row_ids: Sequence[str] | None) -> list[RowResult]:
-    """``_generate_batch``; any failure is a ``SystemFault``, except out-of-memory on more
-    than one row, which the caller retries one row at a time."""
+    """``_generate_batch``; any failure is a ``SystemFault``, except out of memory, which
+    the caller answers by halving the batch."""
     batch = int(inputs["input_ids"].shape[0])
     try:
         return _generate_batch(loaded, inputs, generation, row_ids)
-    except torch.OutOfMemoryError as error:
-        if batch > 1:
-            raise
-        raise SystemFault(_describe("out of memory at batch size 1", error)) from error
+    except torch.OutOfMemoryError:
+        raise
     except Exception as error:
         raise SystemFault(_describe(f"generation failed for a batch of {batch} row(s), "
                                     "which is not the rows' fault", error)) from error

@@ -72,7 +72,8 @@ def test_a_failing_generate_is_a_system_fault_not_an_error_row(loaded, monkeypat
         generate_rows(loaded, [PROMPT] * 2, [[make_test_image(0)], [make_test_image(1)]], GENERATION)
 
 
-def test_out_of_memory_is_retried_one_row_at_a_time_then_a_system_fault(loaded, monkeypatch):
+def test_out_of_memory_halves_the_batch_and_a_row_too_large_alone_is_an_error_row(loaded,
+                                                                                 monkeypatch):
     real_generate = loaded.model.generate
     calls = []
 
@@ -84,16 +85,20 @@ def test_out_of_memory_is_retried_one_row_at_a_time_then_a_system_fault(loaded, 
             return real_generate(**kwargs)
         return generate
 
-    images = [[make_test_image(index)] for index in range(3)]
-    reference = one_by_one(loaded, [PROMPT] * 3, images)
-    monkeypatch.setattr(loaded.model, "generate", out_of_memory_over(1))
-    results = generate_rows(loaded, [PROMPT] * 3, images, GENERATION)
-    assert calls == [3, 1, 1, 1]
+    images = [[make_test_image(index)] for index in range(5)]
+    reference = one_by_one(loaded, [PROMPT] * 5, images)
+    monkeypatch.setattr(loaded.model, "generate", out_of_memory_over(2))
+    results = generate_rows(loaded, [PROMPT] * 5, images, GENERATION)
+    assert calls == [5, 2, 3, 1, 2]  # halves: 2 + 3, and the 3 again as 1 + 2
     assert [row.output for row in results] == [row.output for row in reference]
+    assert all(row.error is None for row in results)
 
+    calls.clear()
     monkeypatch.setattr(loaded.model, "generate", out_of_memory_over(0))
-    with pytest.raises(SystemFault, match="out of memory at batch size 1"):
-        generate_rows(loaded, [PROMPT] * 2, images[:2], GENERATION)
+    results = generate_rows(loaded, [PROMPT] * 2, images[:2], GENERATION)
+    assert calls == [2, 1, 1]
+    assert [row.error_kind for row in results] == ["too_large", "too_large"]
+    assert all("too large for this model on this device" in row.error for row in results)
 
 
 def test_a_sampled_row_does_not_depend_on_its_batch(loaded):

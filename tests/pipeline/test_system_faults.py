@@ -10,6 +10,7 @@ dataset of only corrupt images must exit 3 through the real command line.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections import Counter
@@ -118,3 +119,30 @@ def test_a_dataset_of_only_corrupt_images_exits_3(ray_cluster, tmp_path: Path):
     assert f"errors: media {remaining}" in allowed.stdout
     final = pq.read_table(output_dir, columns=["id"]).column("id").to_pylist()
     assert sorted(final) == sorted(f"row-{index:02d}" for index in range(len(cells)))
+
+
+class DyingOnceGenerateStage(GenerateStage):
+    """The real stage whose process dies (as a segfault or host OOM kill would) in its
+    first batch, once per job: a marker file beside the input says it already died."""
+
+    def __call__(self, batch):
+        marker = Path(self.spec.input.path).with_suffix(".died")
+        if not marker.exists():
+            marker.write_text(str(os.getpid()))
+            os._exit(1)
+        return super().__call__(batch)
+
+
+def test_a_model_actor_killed_mid_batch_is_restarted_and_each_id_is_written_once(
+        ray_cluster, tmp_path: Path):
+    data = tmp_path / "good.parquet"
+    ids = write_images(data, [{"bytes": png(seed), "path": None} for seed in range(6)])
+    output_dir = tmp_path / "out"
+    spec = load_job(CAPTIONS_JOB, [*OVERRIDES, f"input.path={data}", f"output.path={output_dir}",
+                                   f"ray.address={ray_cluster.address}"])
+    report = run_job(spec, generate_stage=DyingOnceGenerateStage)
+    assert data.with_suffix(".died").exists()  # it did die
+    table = pq.read_table(output_dir, columns=["id", "status"])
+    assert Counter(table.column("id").to_pylist()) == Counter(ids)
+    assert set(table.column("status").to_pylist()) == {"ok"}
+    assert report["counts"]["ok"] == len(ids)
