@@ -23,6 +23,7 @@ from typing import Any
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pipeline.errors import SystemFault, first_line
+from pipeline.redaction import redact_url, redact_urls_in
 from pipeline.retries import DEFAULT_ATTEMPTS, is_transient, with_retries
 
 # Bytes of a cell shown in messages: enough to recognise "not an image" cases.
@@ -60,11 +61,16 @@ class MediaReader:
     def __call__(self, location: str) -> bytes:
         try:
             return with_retries(lambda: self._read(location), self.max_attempts)
-        except Exception as error:
+        except Exception as raw_error:
+            # These messages end up in error rows, in the output: no presigned URL's
+            # signature or user info in them (DecodeStage redacts the whole text too).
+            error = redact_urls_in(str(raw_error))
+            location = redact_url(location)
             # pipeline.storage wraps a missing file in its own StorageError.
-            if isinstance(error, FileNotFoundError) or isinstance(error.__cause__, FileNotFoundError):
+            if isinstance(raw_error, FileNotFoundError) \
+                    or isinstance(raw_error.__cause__, FileNotFoundError):
                 raise MediaError(f"media file not found: {location}", kind="missing_media") from None
-            if is_transient(error) or is_transient(error.__cause__ or error):
+            if is_transient(raw_error) or is_transient(raw_error.__cause__ or raw_error):
                 # The storage, not the row: stop the job (rerun to resume), write no error row.
                 raise SystemFault(f"storage unreachable after {self.max_attempts} attempt(s): "
                                   f"cannot read media file {location}: {first_line(error)}") from None

@@ -1,9 +1,11 @@
 """Credentials never leave the process: the one place that knows what a secret is.
 
 - ``redact(value)``: a copy of job options (any nesting) with secrets replaced by
-  ``***``: values of keys naming a key, secret, token or password, and user info in
-  URLs (``http://user:pass@host``). The report, the job as printed and the reprs of
-  storage settings all go through it.
+  ``***``: values of keys naming a key, secret, token or password, and user info and
+  query strings in URLs (``http://user:pass@host``, a presigned
+  ``https://...?X-Amz-Signature=...``). The report, the job as printed and the reprs
+  of storage settings all go through it; ``redact_urls_in(text)`` does the same for
+  every URL inside free text (error messages, which error rows carry into the output).
 - ``secret_values(options)``: the secret strings themselves, so a ``Scrubber`` can
   blank them out of free text (error messages from boto, Ray or pyarrow quote
   whatever they were given).
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -32,15 +35,34 @@ def is_secret_key(name: str) -> bool:
     return any(part in lowered for part in _SECRET_KEY_PARTS)
 
 
+_URL = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+
+
 def redact_url(value: str) -> str:
-    """``value`` with any user info of a URL replaced by ``***``."""
-    parts = urlsplit(value)
-    if parts.username is None and parts.password is None:
+    """``value`` with a URL's user info and query string replaced by ``***``.
+
+    A query string may be a presigned URL's signature and credential, which grant
+    access to the object on their own.
+    """
+    try:
+        parts = urlsplit(value)
+    except ValueError:
         return value
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, f"{REDACTED}@{host}", parts.path, parts.query, parts.fragment))
+    if parts.username is None and parts.password is None and not parts.query:
+        return value
+    netloc = parts.netloc
+    if parts.username is not None or parts.password is not None:
+        host = parts.hostname or ""
+        if parts.port is not None:
+            host = f"{host}:{parts.port}"
+        netloc = f"{REDACTED}@{host}"
+    return urlunsplit((parts.scheme, netloc, parts.path, REDACTED if parts.query else "",
+                       parts.fragment))
+
+
+def redact_urls_in(text: str) -> str:
+    """`text` with every URL in it passed through ``redact_url``."""
+    return _URL.sub(lambda match: redact_url(match.group(0)), text)
 
 
 def redact(value: Any) -> Any:
@@ -55,7 +77,7 @@ def redact(value: Any) -> Any:
                 for name, item in value.items()}
     if isinstance(value, (list, tuple)):
         return type(value)(redact(item) for item in value)
-    if isinstance(value, str) and "@" in value and "://" in value:
+    if isinstance(value, str) and "://" in value and ("@" in value or "?" in value):
         return redact_url(value)
     return value
 
@@ -89,7 +111,7 @@ class Scrubber(logging.Filter):
     def __call__(self, text: str) -> str:
         for secret in sorted(self.secrets, key=len, reverse=True):
             text = text.replace(secret, REDACTED)
-        return text
+        return redact_urls_in(text)
 
     def filter(self, record: logging.LogRecord) -> bool:
         if self.secrets:

@@ -31,6 +31,7 @@ from PIL import Image
 from pipeline.errors import SystemFault, first_line
 from pipeline.media import MediaError, MediaReader, decode_image, decode_video
 from pipeline.output import OUTPUT_COLUMNS, OUTPUT_SCHEMA
+from pipeline.redaction import redact_urls_in
 from pipeline.row_ids import canonical_ids
 
 STATUS_OK = "ok"
@@ -116,6 +117,8 @@ class DecodeStage:
                 # row's fault; failing the block would fail every rerun on the same row.
                 frames, kind = [], "media"
                 error = f"cannot decode the media cell: {type(problem).__name__}: {first_line(problem)}"
+            if error is not None:  # it goes into the output: no URL's credentials in it
+                error = redact_urls_in(error)
             question = questions[index]
             columns["id"].append(row_id if row_id is not None else f"<null id at batch row {index}>")
             columns["frames"].append(frames)

@@ -216,3 +216,20 @@ def test_frames_that_change_size_mid_clip_are_a_media_error():
         pack_frames([picture(1), picture(2), picture(3, size=(20, 12))])
     data, width, height = pack_frames([picture(1), picture(2)])
     assert (width, height) == (40, 24) and [len(frame) for frame in data] == [40 * 24 * 3] * 2
+
+
+def test_a_presigned_url_s_signature_never_reaches_the_error_row():
+    from pipeline.redaction import Scrubber, redact, redact_url
+
+    signature = "X-Amz-Signature=0123456789abcdef0123456789abcdef"
+    url = (f"https://bucket.s3.amazonaws.com/images/a.png?X-Amz-Algorithm=AWS4-HMAC-SHA256"
+           f"&X-Amz-Credential=AKIAEXAMPLE%2F20261201&{signature}")
+    assert redact_url(url) == "https://bucket.s3.amazonaws.com/images/a.png?***"
+    assert redact({"path": url}) == {"path": "https://bucket.s3.amazonaws.com/images/a.png?***"}
+    assert "AKIAEXAMPLE" not in Scrubber()(f"failed on {url} (twice: {url})")
+    decoded = DecodeStage(id_column="key", image_column="img")(
+        pa.table({"key": ["a"], "img": [url]}))
+    (error,) = decoded.column("error").to_pylist()
+    assert decoded.column("status").to_pylist() == ["error"]
+    assert "images/a.png" in error  # still says which file
+    assert "X-Amz" not in error and "AKIAEXAMPLE" not in error and "0123456789abcdef" not in error
