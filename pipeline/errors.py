@@ -53,4 +53,5 @@ ERROR_KINDS = {
     "preprocess": "the model's processor refused the row's media or text",
     "too_long": "the prompt plus max_new_tokens exceeds the model's context",
     "too_large": "the row runs out of accelerator memory even alone in its batch",
+    "worker_died": "the worker process died (a crash, not an exception) every time it took the row",
 }

@@ -24,6 +24,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.crash_ledger import MAX_ATTEMPTS
 from pipeline.inputs import count_rows, first_ids, input_files, media_base_dir, storage_options_for
 from pipeline.media import MediaReader
 from pipeline.ray_setup import worker_resources
@@ -72,13 +73,16 @@ class JobPlan:
 
 
 def plan_job(spec: Any, done_ids: pa.Array, generate_stage: type = GenerateStage,
-             listed: tuple[Any, list[str]] | None = None, joined_cluster: bool = False) -> JobPlan:
+             listed: tuple[Any, list[str]] | None = None, joined_cluster: bool = False,
+             ledger_name: str | None = None) -> JobPlan:
     """Build the (lazy) Ray Data plan of `spec`, leaving out the ids in `done_ids`.
 
     `generate_stage` is the actor class of the generate stage: tests pass a
     ``GenerateStage`` subclass to inject faults into a real run. `listed` is
     ``inputs.input_files(spec)`` where the caller already has it. `joined_cluster`:
-    Ray was running before the job (see ``ray_setup.worker_resources``).
+    Ray was running before the job (see ``ray_setup.worker_resources``). `ledger_name`:
+    the run's crash ledger, which turns a row that kills its worker into an error row
+    (``crash_ledger``); Ray's retries of a batch are bounded to match.
     """
     import ray
     from ray.data import ActorPoolStrategy, TaskPoolStrategy
@@ -95,8 +99,9 @@ def plan_job(spec: Any, done_ids: pa.Array, generate_stage: type = GenerateStage
     batch_size = spec.resources.batch_size
     # Small inputs are one block; blocks of one batch spread the rows over the actors.
     dataset = dataset.repartition(target_num_rows_per_block=batch_size)
+    retries = MAX_ATTEMPTS - 1
     dataset = dataset.map_batches(
-        _decode_stage(spec, input_fs),
+        _decode_stage(spec, input_fs, ledger_name),
         batch_format="pyarrow",
         batch_size=batch_size,
         compute=TaskPoolStrategy(size=spec.resources.decode_workers),
@@ -106,6 +111,7 @@ def plan_job(spec: Any, done_ids: pa.Array, generate_stage: type = GenerateStage
         # same resources (a CPU-only job), and decoding would then stop overlapping
         # generation.
         memory=DECODE_TASK_MEMORY,
+        max_retries=retries,
     )
     generate_kwargs: dict[str, Any] = {"num_cpus": resources.num_cpus}
     if resources.num_gpus:
@@ -114,10 +120,13 @@ def plan_job(spec: Any, done_ids: pa.Array, generate_stage: type = GenerateStage
         generate_kwargs["resources"] = resources.resources
     dataset = dataset.map_batches(
         generate_stage,
-        fn_constructor_kwargs={"spec": spec},
+        fn_constructor_kwargs={"spec": spec, "ledger_name": ledger_name},
         batch_format="pyarrow",
         batch_size=batch_size,
         compute=ActorPoolStrategy(size=spec.resources.workers),
+        # A dead actor is restarted without limit (spot nodes come and go over days);
+        # one batch is retried a bounded number of times.
+        max_task_retries=retries,
         **generate_kwargs,
     )
     return JobPlan(dataset=dataset, input_rows=input_rows, skipped=skipped)
@@ -144,7 +153,7 @@ def _rows_to_do(spec: Any, input_fs: Any, files: list[str],
     return files, row_filter, input_rows, input_rows - remaining
 
 
-def _decode_stage(spec: Any, input_fs: Any) -> DecodeStage:
+def _decode_stage(spec: Any, input_fs: Any, ledger_name: str | None) -> DecodeStage:
     columns = spec.input.columns
     return DecodeStage(
         id_column=columns.id,
@@ -158,4 +167,5 @@ def _decode_stage(spec: Any, input_fs: Any) -> DecodeStage:
             s3_filesystem=input_fs if is_s3(spec.input.path) else None,
             max_attempts=max_attempts(storage_options_for(spec.input.storage_options)),
         ),
+        ledger_name=ledger_name,
     )

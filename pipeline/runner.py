@@ -19,6 +19,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.crash_ledger import start_ledger
 from pipeline.error_budget import ErrorBudget
 from pipeline.errors import JobError, SystemFault, TooManyErrors
 from pipeline.fault_injection import AfterShard
@@ -93,14 +94,32 @@ class _Run:
     tally: RunTally = field(default_factory=RunTally)
 
 
+@dataclass(frozen=True)
+class _Start:
+    """What a run holds from its first moment: its id and clocks, its output lock and
+    crash ledger, and whether it joined a running Ray cluster."""
+
+    run_id: str
+    started_wall: float
+    started_at: str
+    lock: OutputLock
+    ledger_name: str
+    joined_cluster: bool
+
+
 def _run(spec: Any, job_file: str | None, generate_stage: type,
          after_shard: AfterShard | None, joined_cluster: bool) -> dict[str, Any]:
+    import ray
+
     started_wall, started_at, run_id = time.monotonic(), _now(), new_run_id()
     lock = _output_lock(spec, run_id)
+    ledger_name, ledger = start_ledger(run_id)
     try:
-        return _run_locked(spec, job_file, generate_stage, after_shard, lock, run_id,
-                           started_wall, started_at, joined_cluster)
+        return _run_locked(spec, job_file, generate_stage, after_shard,
+                           _Start(run_id, started_wall, started_at, lock, ledger_name,
+                                  joined_cluster))
     finally:
+        ray.kill(ledger)
         lock.release()
 
 
@@ -112,18 +131,19 @@ def _output_lock(spec: Any, run_id: str) -> OutputLock:
 
 
 def _run_locked(spec: Any, job_file: str | None, generate_stage: type,
-                after_shard: AfterShard | None, lock: OutputLock, run_id: str,
-                started_wall: float, started_at: str, joined_cluster: bool) -> dict[str, Any]:
-    output_fs, output_dir, existing = _open_output(spec, lock)
+                after_shard: AfterShard | None, start: _Start) -> dict[str, Any]:
+    run_id = start.run_id
+    output_fs, output_dir, existing = _open_output(spec, start.lock)
     listed = input_files(spec)
     with ray_data_settings(num_input_files=len(listed[1])):
-        plan = plan_job(spec, existing.ids, generate_stage, listed, joined_cluster)
+        plan = plan_job(spec, existing.ids, generate_stage, listed, start.joined_cluster,
+                        ledger_name=start.ledger_name)
         writer = _open_writer(spec, output_fs, output_dir, run_id)
         budget = ErrorBudget(spec.output.max_error_fraction, job_rows=plan.input_rows,
                              done_rows=plan.skipped, errors_by_kind=existing.errors_by_kind.copy())
         budget.check()  # earlier runs' error rows may already be over it
-        run = _Run(spec, output_fs, output_dir, plan, writer, budget, run_id, started_wall,
-                   started_at, lock)
+        run = _Run(spec, output_fs, output_dir, plan, writer, budget, run_id,
+                   start.started_wall, start.started_at, start.lock)
         print(f"[zipvl-batch] {spec.name}: {plan.to_process} row(s) to process "
               f"({plan.skipped} already in {spec.output.path}), model "
               f"{spec.model_settings().label}, method "

@@ -28,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
+from pipeline.crash_ledger import WORKER_DIED_KIND, guarded
 from pipeline.errors import SystemFault, first_line
 from pipeline.media import MediaError, MediaReader, decode_image, decode_video
 from pipeline.output import OUTPUT_COLUMNS, OUTPUT_SCHEMA
@@ -95,31 +96,25 @@ class DecodeStage:
     video_frames: int = 8
     base_dir: str | None = None
     reader: MediaReader | None = None
+    ledger_name: str | None = None  # this run's crash ledger (pipeline.crash_ledger)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         ids = canonical_ids(batch.column(self.id_column)).to_pylist()
         images = self._column(batch, self.image_column)
         videos = self._column(batch, self.video_column)
         questions = self._column(batch, self.question_column)
+
+        def decode(indices: list[int]) -> list[tuple]:
+            return [self._decode_row(ids[i], images[i], videos[i]) for i in indices]
+
+        def died_on(index: int, deaths: int) -> tuple:
+            return ([], None, None, f"the decode worker process died {deaths} times while "
+                    "decoding this row (a decoder crash on this media?)", WORKER_DIED_KIND)
+
+        decoded = guarded(self.ledger_name, "decode", ids, decode, died_on)
         columns: dict[str, list] = {name: [] for name in DECODED_SCHEMA.names}
-        for index, row_id in enumerate(ids):
-            frames, width, height, error, kind = [], None, None, None, None
-            try:
-                if row_id is None:
-                    raise MediaError("the id cell is empty (null)", kind="bad_id")
-                frames, width, height = pack_frames(self._decode(images[index], videos[index]))
-            except MediaError as problem:
-                frames, error, kind = [], str(problem), problem.kind
-            except SystemFault:
-                raise  # storage unreachable after its retries: the job stops, the row is redone
-            except Exception as problem:  # noqa: BLE001 (any other failure is this cell's)
-                # A cell no decoder expected (a struct whose bytes are a string, ...) is the
-                # row's fault; failing the block would fail every rerun on the same row.
-                frames, kind = [], "media"
-                error = f"cannot decode the media cell: {type(problem).__name__}: {first_line(problem)}"
-            if error is not None:  # it goes into the output: no URL's credentials in it
-                error = redact_urls_in(error)
-            question = questions[index]
+        for index, (row_id, question, (frames, width, height, error, kind)) in enumerate(
+                zip(ids, questions, decoded)):
             columns["id"].append(row_id if row_id is not None else f"<null id at batch row {index}>")
             columns["frames"].append(frames)
             columns["frame_width"].append(width)
@@ -129,6 +124,26 @@ class DecodeStage:
             columns["error"].append(error)
             columns["error_kind"].append(kind)
         return pa.Table.from_pydict(columns, schema=DECODED_SCHEMA)
+
+    def _decode_row(self, row_id: str | None, image_cell: Any, video_cell: Any) -> tuple:
+        """``(frames, width, height, error, error_kind)`` of one row."""
+        frames, width, height, error, kind = [], None, None, None, None
+        try:
+            if row_id is None:
+                raise MediaError("the id cell is empty (null)", kind="bad_id")
+            frames, width, height = pack_frames(self._decode(image_cell, video_cell))
+        except MediaError as problem:
+            frames, error, kind = [], str(problem), problem.kind
+        except SystemFault:
+            raise  # storage unreachable after its retries: the job stops, the row is redone
+        except Exception as problem:  # noqa: BLE001 (any other failure is this cell's)
+            # A cell no decoder expected (a struct whose bytes are a string, ...) is the
+            # row's fault; failing the block would fail every rerun on the same row.
+            frames, kind = [], "media"
+            error = f"cannot decode the media cell: {type(problem).__name__}: {first_line(problem)}"
+        if error is not None:  # it goes into the output: no URL's credentials in it
+            error = redact_urls_in(error)
+        return frames, width, height, error, kind
 
     def _decode(self, image_cell: Any, video_cell: Any) -> list[Image.Image]:
         if video_cell is not None:
@@ -150,7 +165,7 @@ class GenerateStage:
     `spec` is the ``pipeline.spec.JobSpec`` being run.
     """
 
-    def __init__(self, spec: Any) -> None:
+    def __init__(self, spec: Any, ledger_name: str | None = None) -> None:
         import ray
         import torch
         from transformers.utils import logging as transformers_logging
@@ -160,6 +175,7 @@ class GenerateStage:
         transformers_logging.disable_progress_bar()
         load_started = time.monotonic()
         self.spec = spec
+        self.ledger_name = ledger_name  # this run's crash ledger (pipeline.crash_ledger)
         use_cuda = torch.cuda.is_available() and bool(ray.get_gpu_ids())
         device = "cuda" if use_cuda else "cpu"
         if not use_cuda and spec.resources.cpus_per_worker >= 1:
@@ -177,11 +193,31 @@ class GenerateStage:
         }
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from pipeline.model_runner import RowResult, generate_rows
-        from pipeline.prompts import PromptError, prompt_text
+        from pipeline.model_runner import RowResult
 
         started, started_clock = time.time(), time.monotonic()
         rows = batch.to_pylist()
+        self._generating_seconds = 0.0
+
+        def died_on(index: int, deaths: int) -> RowResult:
+            return RowResult(error=f"the model worker process died {deaths} times while "
+                                   "generating this row", error_kind=WORKER_DIED_KIND)
+
+        results = guarded(self.ledger_name, "generate", [row["id"] for row in rows],
+                          lambda indices: self._results([rows[i] for i in indices]), died_on)
+        table = self._table([row["id"] for row in rows], results)
+        timings = (self.model_load_seconds, time.monotonic() - started_clock,
+                   self._generating_seconds, started, time.time())
+        for name, value in zip(TIMING_COLUMNS, timings if table.num_rows else ()):
+            column = pa.array([value] + [None] * (table.num_rows - 1), type=pa.float64())
+            table = table.set_column(table.schema.get_field_index(name), name, column)
+        return table
+
+    def _results(self, rows: list[dict[str, Any]]) -> list[Any]:
+        """One ``RowResult`` per decoded row: its error passed on, or generated together."""
+        from pipeline.model_runner import RowResult, generate_rows
+        from pipeline.prompts import PromptError, prompt_text
+
         results: list[RowResult | None] = [None] * len(rows)
         pending: list[tuple[int, str, list[Image.Image]]] = []
         for index, row in enumerate(rows):
@@ -201,16 +237,10 @@ class GenerateStage:
             self.loaded, [text for _, text, _ in pending], [frames for _, _, frames in pending],
             self.generation, row_ids=[rows[index]["id"] for index, _, _ in pending],
         )
-        generating_seconds = time.monotonic() - generating_started
+        self._generating_seconds += time.monotonic() - generating_started
         for (index, _, _), result in zip(pending, generated):
             results[index] = result
-        table = self._table([row["id"] for row in rows], results)
-        timings = (self.model_load_seconds, time.monotonic() - started_clock, generating_seconds,
-                   started, time.time())
-        for name, value in zip(TIMING_COLUMNS, timings if table.num_rows else ()):
-            column = pa.array([value] + [None] * (table.num_rows - 1), type=pa.float64())
-            table = table.set_column(table.schema.get_field_index(name), name, column)
-        return table
+        return results
 
     def _table(self, ids: list[str], results: list[Any]) -> pa.Table:
         count = len(ids)

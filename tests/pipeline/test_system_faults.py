@@ -47,8 +47,8 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])
 class FailingGenerateStage(GenerateStage):
     """The real stage with a model whose ``generate`` dies as a broken GPU would."""
 
-    def __init__(self, spec) -> None:
-        super().__init__(spec)
+    def __init__(self, spec, **kwargs) -> None:
+        super().__init__(spec, **kwargs)
 
         def broken_generate(*args, **kwargs):
             raise RuntimeError(FAULT)
@@ -146,3 +146,48 @@ def test_a_model_actor_killed_mid_batch_is_restarted_and_each_id_is_written_once
     assert Counter(table.column("id").to_pylist()) == Counter(ids)
     assert set(table.column("status").to_pylist()) == {"ok"}
     assert report["counts"]["ok"] == len(ids)
+
+
+POISON_ID = "row-03"
+
+
+class PoisonRowGenerateStage(GenerateStage):
+    """The real stage whose process dies (as a segfault would) whenever it generates POISON_ID."""
+
+    def _results(self, rows):
+        if any(row["id"] == POISON_ID for row in rows):
+            os._exit(1)
+        return super()._results(rows)
+
+
+def test_a_row_that_kills_its_worker_every_time_becomes_an_error_row(ray_cluster, tmp_path: Path):
+    data = tmp_path / "good.parquet"
+    ids = write_images(data, [{"bytes": png(seed), "path": None} for seed in range(6)])
+    assert POISON_ID in ids
+    output_dir = tmp_path / "out"
+    spec = load_job(CAPTIONS_JOB, [*OVERRIDES, f"input.path={data}", f"output.path={output_dir}",
+                                   f"ray.address={ray_cluster.address}",
+                                   "output.max_error_fraction=0.5"])  # 1 of 6 rows
+    report = run_job(spec, generate_stage=PoisonRowGenerateStage)
+    table = pq.read_table(output_dir, columns=["id", "status", "error", "error_kind"])
+    assert Counter(table.column("id").to_pylist()) == Counter(ids)
+    rows = {row["id"]: row for row in table.to_pylist()}
+    assert rows[POISON_ID]["error_kind"] == "worker_died"
+    assert "died 2 times while generating this row" in rows[POISON_ID]["error"]
+    assert all(row["status"] == "ok" for row_id, row in rows.items() if row_id != POISON_ID)
+    assert report["errors_by_kind"] == {"worker_died": 1}
+
+
+def test_the_crash_ledger_blames_the_row_in_progress_at_each_death():
+    from pipeline.crash_ledger import CrashLedger
+
+    ledger = CrashLedger()
+    assert ledger.begin_batch("b") is None  # first try: the whole batch
+    assert ledger.begin_batch("b") == {}  # it died, nobody to blame yet: go row by row
+    ledger.begin_row("b", "x")
+    ledger.begin_row("b", "y")  # x finished, y in progress when the worker died
+    assert ledger.begin_batch("b") == {"y": 1}
+    ledger.begin_row("b", "y")
+    assert ledger.begin_batch("b") == {"y": 2}
+    ledger.end_batch("b")
+    assert ledger.begin_batch("b") is None  # a finished batch starts clean

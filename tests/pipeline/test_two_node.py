@@ -39,8 +39,8 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])
 class SlowGenerateStage(GenerateStage):
     """The real stage whose model takes at least ``SECONDS_PER_BATCH`` per ``generate``, as a big one would."""
 
-    def __init__(self, spec) -> None:
-        super().__init__(spec)
+    def __init__(self, spec, **kwargs) -> None:
+        super().__init__(spec, **kwargs)
         generate = self.loaded.model.generate
 
         def slow_generate(*args, **kwargs):
