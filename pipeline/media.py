@@ -26,6 +26,12 @@ from pipeline.errors import SystemFault, first_line
 from pipeline.redaction import redact_url, redact_urls_in
 from pipeline.retries import DEFAULT_ATTEMPTS, is_transient, with_retries
 
+# Caps on one media cell, so that one row cannot exhaust a decode worker (pixel counts
+# are capped by Pillow's decompression-bomb limit, read from the image header).
+MAX_MEDIA_BYTES = 1024**3
+MAX_VIDEO_SECONDS = 4 * 3600
+MAX_VIDEO_FRAMES = 1_000_000
+
 # Bytes of a cell shown in messages: enough to recognise "not an image" cases.
 _PREVIEW_BYTES = 16
 
@@ -137,7 +143,7 @@ def decode_video(
             if not container.streams.video:
                 raise MediaError("the video cell holds no video stream")
             stream = container.streams.video[0]
-            frames = _sample_frames(container, stream, num_frames)
+            frames = _sample_frames(container, stream, num_frames, data)
     except MediaError:
         raise
     except Exception as error:
@@ -151,7 +157,18 @@ def decode_video(
 
 
 def read_cell_bytes(cell: Any, *, base_dir: str | None = None, reader: MediaReader | None = None) -> bytes:
-    """The encoded bytes a media cell refers to (see the module docstring for the shapes)."""
+    """The encoded bytes a media cell refers to (see the module docstring for the shapes).
+
+    More than ``MAX_MEDIA_BYTES`` is an error: one cell must not exhaust a decode worker.
+    """
+    data = _cell_bytes(cell, base_dir, reader)
+    if len(data) > MAX_MEDIA_BYTES:
+        raise MediaError(f"the media cell holds {len(data)} bytes, over the "
+                         f"{MAX_MEDIA_BYTES}-byte cap")
+    return data
+
+
+def _cell_bytes(cell: Any, base_dir: str | None, reader: MediaReader | None) -> bytes:
     if cell is None:
         raise MediaError("the media cell is empty (null)")
     if isinstance(cell, (bytes, bytearray, memoryview)):
@@ -205,11 +222,13 @@ def _read_path(path: str, base_dir: str | None, reader: MediaReader | None) -> b
     return data
 
 
-def _sample_frames(container: Any, stream: Any, num_frames: int) -> list[Image.Image]:
+def _sample_frames(container: Any, stream: Any, num_frames: int, data: bytes) -> list[Image.Image]:
     """The frames on screen at the centres of `num_frames` equal time segments."""
     duration = _duration_seconds(container, stream)
     if duration is None or duration <= 0:
-        return _sample_frames_sequentially(container, stream, num_frames)
+        return _sample_frames_sequentially(container, stream, num_frames, data)
+    if duration > MAX_VIDEO_SECONDS:
+        raise MediaError(f"the video lasts {duration:.0f} s, over the {MAX_VIDEO_SECONDS} s cap")
     targets = [duration * (index + 0.5) / num_frames for index in range(num_frames)]
     time_base = float(stream.time_base)
     start = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
@@ -234,12 +253,33 @@ def _sample_frames(container: Any, stream: Any, num_frames: int) -> list[Image.I
     return frames
 
 
-def _sample_frames_sequentially(container: Any, stream: Any, num_frames: int) -> list[Image.Image]:
-    """Fallback when the container reports no duration: decode all, then pick evenly."""
-    decoded = [frame.to_image().convert("RGB") for frame in container.decode(stream)]
-    if len(decoded) <= num_frames:
-        return decoded
-    return [decoded[int((index + 0.5) * len(decoded) / num_frames)] for index in range(num_frames)]
+def _sample_frames_sequentially(container: Any, stream: Any, num_frames: int,
+                                data: bytes) -> list[Image.Image]:
+    """Fallback when the container reports no duration (a raw stream, a broken header).
+
+    Two passes so memory stays at ``num_frames`` frames whatever the length: count the
+    packets (demuxing only, at most ``MAX_VIDEO_FRAMES``), then decode from the start
+    and keep the frames at the centres of equal segments (reopened: raw streams cannot seek).
+    """
+    count = 0
+    for packet in container.demux(stream):
+        if packet.size:
+            count += 1
+            if count > MAX_VIDEO_FRAMES:
+                raise MediaError(f"the video has more than {MAX_VIDEO_FRAMES} frames and no "
+                                 "duration in its header: too long to sample safely")
+    import av
+
+    wanted = sorted({int((index + 0.5) * count / num_frames) for index in range(num_frames)}) \
+        if count > num_frames else list(range(count))
+    chosen: list[Image.Image] = []
+    with av.open(io.BytesIO(data), mode="r") as again:
+        for index, frame in enumerate(again.decode(again.streams.video[0])):
+            if index in wanted:
+                chosen.append(frame.to_image().convert("RGB"))
+                if len(chosen) == len(wanted):
+                    break
+    return chosen
 
 
 def _duration_seconds(container: Any, stream: Any) -> float | None:

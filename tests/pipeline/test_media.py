@@ -233,3 +233,44 @@ def test_a_presigned_url_s_signature_never_reaches_the_error_row():
     assert decoded.column("status").to_pylist() == ["error"]
     assert "images/a.png" in error  # still says which file
     assert "X-Amz" not in error and "AKIAEXAMPLE" not in error and "0123456789abcdef" not in error
+
+
+def encode_raw_h264(num_frames: int, size: tuple[int, int] = (32, 24)) -> bytes:
+    """A raw H.264 stream: no container, so no duration in any header."""
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format="h264") as container:
+        stream = container.add_stream("libx264", rate=8)
+        stream.width, stream.height = size
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": "0"}
+        for index in range(num_frames):
+            pixels = np.full((size[1], size[0], 3), GREY_STEP * index, dtype=np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return buffer.getvalue()
+
+
+def test_a_video_without_duration_is_sampled_evenly_in_two_passes(monkeypatch):
+    import pipeline.media as media
+
+    data = encode_raw_h264(12)
+    frames = decode_video(data, 4)
+    # Centres of 4 equal segments of 12 frames: 1.5, 4.5, 7.5, 10.5 -> frames 1, 4, 7, 10.
+    assert [frame_index(frame) for frame in frames] == [1, 4, 7, 10]
+    monkeypatch.setattr(media, "MAX_VIDEO_FRAMES", 5)
+    with pytest.raises(MediaError, match="more than 5 frames and no duration"):
+        decode_video(data, 4)
+
+
+def test_media_cells_over_the_caps_are_media_errors(monkeypatch):
+    import pipeline.media as media
+
+    monkeypatch.setattr(media, "MAX_MEDIA_BYTES", 100)
+    with pytest.raises(MediaError, match=r"holds \d+ bytes, over the 100-byte cap"):
+        decode_image(png_bytes(picture(1)))
+    monkeypatch.setattr(media, "MAX_MEDIA_BYTES", 1024**3)
+    monkeypatch.setattr(media, "MAX_VIDEO_SECONDS", 1)
+    with pytest.raises(MediaError, match=r"lasts 2 s, over the 1 s cap"):
+        decode_video(encode_video(16, fps=8), 4)
