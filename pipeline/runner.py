@@ -23,6 +23,7 @@ from pipeline.crash_ledger import start_ledger
 from pipeline.error_budget import ErrorBudget
 from pipeline.errors import JobError, SystemFault, TooManyErrors
 from pipeline.fault_injection import AfterShard
+from pipeline.fingerprint import check_fingerprint
 from pipeline.inputs import input_files, storage_options_for
 from pipeline.output import (
     ExistingOutput,
@@ -181,6 +182,7 @@ def _open_output(spec: Any, lock: OutputLock) -> tuple[Any, str, ExistingOutput]
     if len(existing.ids) and not spec.output.resume:
         raise JobError(f"output.path: {spec.output.path} already holds {len(list_shards(output_fs, output_dir))} "
                        "shard(s) and output.resume is false; remove them or choose another output.path")
+    check_fingerprint(output_fs, output_dir, spec)
     return output_fs, output_dir, existing
 
 

@@ -280,6 +280,9 @@ class OutputSection(_Section):
     # A run's lock on the output folder lapses this long after its last heartbeat
     # (see pipeline/output_lock.py): how long a crashed run on another machine blocks a rerun.
     lock_ttl_seconds: float = Field(default=60.0, ge=5)
+    # Resume an output whose rows came from a different model, prompt or config
+    # (pipeline/fingerprint.py); off: such a run refuses.
+    allow_job_change: bool = False
 
     _absolute_path = field_validator("path")(_absolute_if_local)
     _options = field_validator("storage_options", mode="plain")(_check_storage_options)

@@ -1,0 +1,86 @@
+"""What makes two runs' rows belong in one dataset: the job's fingerprint in its output.
+
+The first run on an output folder records ``.zipvl/fingerprint.json``: the model
+(preset or checkpoint, revision, family, dtype, image-token cap), the task and its
+prompt, the generation settings, the ZipVL config, and the input column mapping.
+A later run whose fingerprint differs refuses (``JobChanged``, exit 1) with the
+fields that changed: resuming a caption job with another model or prompt would
+mix two models' answers in one dataset, and nothing else would say so.
+``output.allow_job_change: true`` accepts the change; the new fingerprint is then
+recorded. Resources, paths, batch sizes and Ray settings are not part of it: they
+change how the rows are made, not what they say.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import sys
+from typing import Any
+
+import pyarrow.fs as pafs
+
+from pipeline.errors import JobError
+from pipeline.output import write_bytes_atomically
+
+FINGERPRINT_NAME = ".zipvl/fingerprint.json"
+
+
+class JobChanged(JobError):
+    """The job differs from the one that wrote the output's rows."""
+
+
+def job_fingerprint(spec: Any) -> dict[str, Any]:
+    """The settings that decide what an output row says."""
+    settings = spec.model_settings().model_dump(mode="json")
+    config = spec.zipvl_config()
+    return {
+        "model": {name: settings[name] for name in ("preset", "tiny", "name_or_path", "revision",
+                                                    "family", "dtype", "max_image_tokens")},
+        "task": spec.task.model_dump(mode="json"),
+        "generation": spec.generation.model_dump(mode="json"),
+        "zipvl": "dense" if config is None else config.to_dict(),
+        "input_columns": spec.input.columns.model_dump(mode="json"),
+    }
+
+
+def check_fingerprint(filesystem: pafs.FileSystem, output_dir: str, spec: Any) -> None:
+    """Record the fingerprint, or refuse a run whose job changed (see the module docstring).
+
+    An output with rows but no fingerprint (written before it existed) takes this run's.
+    """
+    path = posixpath.join(output_dir, FINGERPRINT_NAME)
+    current = job_fingerprint(spec)
+    recorded = _read(filesystem, path)
+    if recorded is not None and recorded != current:
+        changes = _differences(recorded, current)
+        if not spec.output.allow_job_change:
+            raise JobChanged(
+                f"output.path: {spec.output.path} holds rows of a different job; changed: "
+                + "; ".join(changes)
+                + ". Run into a new output.path, or set output.allow_job_change: true to mix "
+                  "them on purpose")
+        print("[zipvl-batch] warning: the job changed since the output's earlier rows ("
+              + "; ".join(changes) + "); output.allow_job_change is true", file=sys.stderr)
+    if recorded != current:
+        data = json.dumps(current, indent=2, sort_keys=True).encode()
+        write_bytes_atomically(filesystem, path, data)
+
+
+def _read(filesystem: pafs.FileSystem, path: str) -> dict[str, Any] | None:
+    try:
+        with filesystem.open_input_stream(path) as stream:
+            return json.loads(stream.read())
+    except FileNotFoundError:
+        return None
+
+
+def _differences(before: Any, after: Any, prefix: str = "") -> list[str]:
+    if isinstance(before, dict) and isinstance(after, dict):
+        changes = []
+        for key in sorted(set(before) | set(after)):
+            changes += _differences(before.get(key), after.get(key), f"{prefix}{key}.")
+        return changes
+    if before != after:
+        return [f"{prefix.rstrip('.')}: {before!r} -> {after!r}"]
+    return []
