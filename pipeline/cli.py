@@ -2,6 +2,7 @@
 
     zipvl-batch run JOB.yaml [--set key.path=value ...] [--verbose]
     zipvl-batch validate JOB.yaml [--set key.path=value ...] [--verbose]
+    zipvl-batch status OUTPUT [--json]
 
 Exit codes: 0 the job finished (rows that failed are error rows in the output, not a
 failure of the job) or the job file is valid; 1 the job could not run or finish (a
@@ -264,6 +265,33 @@ def run(context: click.Context, job_file: str, overrides: tuple[str, ...], verbo
     except Exception as error:
         _fail_unexpected(f"job {spec.name!r} failed", error, verbose)
     for line in _result_lines(spec, report):
+        click.echo(_scrub(line))
+
+
+@main.command()
+@click.argument("output")
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@_verbose_option
+@click.pass_context
+def status(context: click.Context, output: str, as_json: bool, verbose: bool) -> None:
+    """Show what OUTPUT (a job's output folder, local or s3://) holds, and who writes it.
+
+    Rows done and error rows by kind, rows remaining, the runs so far, and whether a
+    run holds the folder now. S3 credentials come from the standard AWS configuration.
+    """
+    import json
+
+    from pipeline.status import output_status, status_lines
+
+    verbose = verbose or context.obj["verbose"]
+    try:
+        found = output_status(output)
+    except Exception as error:
+        _fail_unexpected(f"cannot read the status of {output}", error, verbose)
+    if as_json:
+        click.echo(_scrub(json.dumps(found, indent=2, default=str)))
+        return
+    for line in status_lines(found):
         click.echo(_scrub(line))
 
 

@@ -26,6 +26,8 @@ from pipeline.output import write_bytes_atomically
 
 # Relative to the output folder.
 REPORT_NAME = ".zipvl/report.json"
+# One report per run, by run id: "state" says running, finished, interrupted or failed.
+RUNS_DIR = ".zipvl/runs"
 _VERSIONED_PACKAGES = ("zipvl-batch", "torch", "transformers", "ray", "pyarrow", "pillow", "av")
 _MAX_ERROR_SAMPLES = 20
 
@@ -133,9 +135,10 @@ def build_report(
     skipped_by_resume: int,
     wall_time_seconds: float,
     started_at: str,
-    finished_at: str,
+    finished_at: str | None,
+    state: str = "finished",
 ) -> dict[str, Any]:
-    """The report as a JSON-ready mapping."""
+    """The report as a JSON-ready mapping; `state` is ``running`` while the run goes on."""
     per_layer = tally.per_layer_kept_ratio()
     seconds = max(wall_time_seconds, 1e-9)
     return {
@@ -143,6 +146,7 @@ def build_report(
         "job_file": job_file,
         "job": job,
         "versions": versions(),
+        "state": state,
         "started_at": started_at,
         "finished_at": finished_at,
         "wall_time_seconds": wall_time_seconds,
@@ -175,9 +179,18 @@ def build_report(
     }
 
 
-def write_report(filesystem: pafs.FileSystem, output_directory: str, report: dict[str, Any]) -> str:
-    """Write `report` atomically into the output folder; returns its path."""
-    path = report_path(output_directory)
+def run_report_path(output_directory: str, run_id: str) -> str:
+    """Where one run's own report lives: rewritten while it runs, kept after it ends."""
+    return posixpath.join(output_directory, RUNS_DIR, f"{run_id}.json")
+
+
+def write_report(filesystem: pafs.FileSystem, output_directory: str, report: dict[str, Any],
+                 finished: bool = True) -> str:
+    """Write `report` atomically as its run's report, and as the output's when `finished`."""
     data = json.dumps(report, indent=2, sort_keys=False, default=str).encode()
+    write_bytes_atomically(filesystem, run_report_path(output_directory, report["run_id"]), data)
+    if not finished:
+        return run_report_path(output_directory, report["run_id"])
+    path = report_path(output_directory)
     write_bytes_atomically(filesystem, path, data)
     return path

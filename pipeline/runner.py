@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 
 from pipeline.crash_ledger import start_ledger
 from pipeline.error_budget import ErrorBudget
-from pipeline.errors import JobError, SystemFault, TooManyErrors
+from pipeline.errors import JobError, SystemFault, TooManyErrors, first_line
 from pipeline.fault_injection import AfterShard
 from pipeline.fingerprint import check_fingerprint
 from pipeline.inputs import input_files, storage_options_for
@@ -92,7 +92,9 @@ class _Run:
     started_wall: float
     started_at: str
     lock: OutputLock
+    job_file: str | None
     tally: RunTally = field(default_factory=RunTally)
+    report_written: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -144,13 +146,14 @@ def _run_locked(spec: Any, job_file: str | None, generate_stage: type,
                              done_rows=plan.skipped, errors_by_kind=existing.errors_by_kind.copy())
         budget.check()  # earlier runs' error rows may already be over it
         run = _Run(spec, output_fs, output_dir, plan, writer, budget, run_id,
-                   start.started_wall, start.started_at, start.lock)
+                   start.started_wall, start.started_at, start.lock, job_file)
+        _write_run_report(run, "running")
         print(f"[zipvl-batch] {spec.name}: {plan.to_process} row(s) to process "
               f"({plan.skipped} already in {spec.output.path}), model "
               f"{spec.model_settings().label}, method "
               f"{'dense' if spec.zipvl_config() is None else 'zipvl'}", file=sys.stderr)
         _stream(run, after_shard)
-        return _finish(run, job_file)
+        return _finish(run)
 
 
 def _open_writer(spec: Any, output_fs: Any, output_dir: str, run_id: str) -> ShardWriter:
@@ -202,6 +205,8 @@ def _stream(run: _Run, after_shard: AfterShard | None) -> None:
                     _tally_batch(run.tally, run.budget, progress, batch)
                     writer.write(batch)
                     run.budget.check()
+                    if time.monotonic() - run.report_written > RUN_REPORT_INTERVAL_S:
+                        _write_run_report(run, "running")
                     if after_shard is not None:
                         after_shard(len(writer.shards))
             finally:
@@ -213,12 +218,14 @@ def _stream(run: _Run, after_shard: AfterShard | None) -> None:
     except KeyboardInterrupt as stop:
         # Keep what finished: the buffered rows become one more complete shard.
         writer.flush()
+        _write_run_report(run, "interrupted")
         how = "terminated (SIGTERM)" if isinstance(stop, Terminated) else "interrupted"
         print(f"\n[zipvl-batch] {how}; {writer.rows_written} row(s) saved, rerun to resume",
               file=sys.stderr)
         raise
     except TooManyErrors:
         writer.flush()  # the rows are finished, error rows included: keep them
+        _write_run_report(run, "failed")
         raise
     except JobError:
         raise
@@ -227,6 +234,7 @@ def _stream(run: _Run, after_shard: AfterShard | None) -> None:
             writer.flush()
         except Exception:  # noqa: S110 (the pipeline's error is the one to report)
             pass
+        _write_run_report(run, "failed")
         raise JobError(f"the pipeline failed after {writer.rows_written} row(s) were written "
                        f"(rerun to resume): {_concise(error)}") from error
     progress.finish()
@@ -235,22 +243,37 @@ def _stream(run: _Run, after_shard: AfterShard | None) -> None:
                        f"{run.plan.to_process} were expected")
 
 
-def _finish(run: _Run, job_file: str | None) -> dict[str, Any]:
-    """Write the report, say what was done, and apply the final error-budget check."""
-    spec, tally = run.spec, run.tally
-    report = build_report(
-        job=spec.report_dict(),
-        job_file=None if job_file is None else os.path.abspath(job_file),
+def _report(run: _Run, state: str) -> dict[str, Any]:
+    return build_report(
+        job=run.spec.report_dict(),
+        job_file=None if run.job_file is None else os.path.abspath(run.job_file),
         run_id=run.run_id,
-        output_uri=spec.output.path,
+        output_uri=run.spec.output.path,
         shards=[posixpath.basename(path) for path in run.writer.shards],
-        tally=tally,
+        tally=run.tally,
         input_rows=run.plan.input_rows,
         skipped_by_resume=run.plan.skipped,
         wall_time_seconds=time.monotonic() - run.started_wall,
         started_at=run.started_at,
-        finished_at=_now(),
+        finished_at=None if state == "running" else _now(),
+        state=state,
     )
+
+
+def _write_run_report(run: _Run, state: str) -> None:
+    """This run's report so far (``zipvl-batch status`` reads it); never fails the run."""
+    try:
+        write_report(run.output_fs, run.output_dir, _report(run, state), finished=False)
+    except Exception as error:  # noqa: BLE001 (the rows matter more than the statistics)
+        print(f"[zipvl-batch] warning: could not write the run report: {first_line(error)}",
+              file=sys.stderr)
+    run.report_written = time.monotonic()
+
+
+def _finish(run: _Run) -> dict[str, Any]:
+    """Write the report, say what was done, and apply the final error-budget check."""
+    spec, tally = run.spec, run.tally
+    report = _report(run, "finished")
     write_report(run.output_fs, run.output_dir, report)
     kinds = ", ".join(f"{kind} {count}" for kind, count in tally.errors_by_kind.most_common())
     print(f"[zipvl-batch] done: {tally.ok} ok, {tally.error} error(s)"
@@ -258,6 +281,10 @@ def _finish(run: _Run, job_file: str | None) -> dict[str, Any]:
           f"{spec.output.path} (report {REPORT_NAME})", file=sys.stderr)
     run.budget.check(final=True)
     return report
+
+
+# How often a running job rewrites its run report (a killed job leaves the last one).
+RUN_REPORT_INTERVAL_S = 30.0
 
 
 def _tally_batch(tally: RunTally, budget: ErrorBudget, progress: Progress,

@@ -19,7 +19,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from pipeline.fault_injection import CRASH_AFTER_SHARDS_ENV, INTERRUPT_AFTER_SHARDS_ENV
-from pipeline.report import REPORT_NAME
+from pipeline.output_lock import LOCK_NAME
+from pipeline.report import REPORT_NAME, RUNS_DIR
 from pipeline.sample_data import DEFAULT_DIR
 from tests.conftest import ACCELERATOR, CAPTIONS_JOB, read_output
 
@@ -67,10 +68,12 @@ def test_rerun_after_ctrl_c_and_a_crash_does_only_the_missing_ids(ray_cluster, t
     assert interrupted.returncode == 130, interrupted.stderr[-3000:]
     after_interrupt = shard_ids(output_dir)
     # Every visible file is a whole shard: the full one, plus the rows that had
-    # finished when Ctrl-C came (flushed), if any. No report: the job did not finish; and
-    # no lock left (the run released it), so .zipvl/, if there, is empty.
+    # finished when Ctrl-C came (flushed), if any. No report: the job did not finish (its
+    # run report says so); and no lock left: the run released it.
     assert sorted(p.name for p in output_dir.iterdir() if p.name != ".zipvl") == sorted(after_interrupt)
-    assert not any((output_dir / ".zipvl").glob("*"))
+    assert not (output_dir / REPORT_NAME).exists() and not (output_dir / LOCK_NAME).exists()
+    (run_report,) = (output_dir / RUNS_DIR).iterdir()
+    assert json.loads(run_report.read_text())["state"] == "interrupted"
     assert len(after_interrupt) in (1, 2)
     assert all(0 < len(ids) <= ROWS_PER_FILE for ids in after_interrupt.values())
 

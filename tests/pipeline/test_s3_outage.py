@@ -27,6 +27,7 @@ import pytest
 from pipeline.errors import JobError
 from pipeline.job_file import load_job
 from pipeline.runner import run_job
+from pipeline.status import output_status
 from tests.conftest import CAPTIONS_JOB
 from tests.pipeline.test_e2e import png
 from tests.pipeline.test_system_faults import OVERRIDES
@@ -128,3 +129,10 @@ def test_an_outage_past_the_retries_stops_the_job_and_a_rerun_finishes(server, r
     table = output_table(server, bucket)
     assert Counter(table.column("id").to_pylist()) == Counter(ids)
     assert set(table.column("status").to_pylist()) == {"ok"}
+
+    # zipvl-batch status reads the same story back from S3.
+    status = output_status(f"s3://{bucket}/out", server.storage_options())
+    assert (status["rows_done"], status["ok"], status["rows_remaining"]) == (ROWS, ROWS, 0)
+    # The first run could not write its last report (the storage was down): "stopped".
+    assert [run["state"] for run in status["runs"]] == ["stopped", "finished"]
+    assert status["lock"] is None and status["error_rows_by_kind"] == {}
