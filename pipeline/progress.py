@@ -1,4 +1,4 @@
-"""Live progress of a running job on stderr: rows, rates, errors, mean kept ratio.
+"""Live progress of a running job on stderr: rows, rates, errors, mean kept ratio, ETA.
 
 Lines are rate-limited, plus a final one. On a terminal the line is redrawn in
 place every second; otherwise (logs, ``ray job submit``) each update is its own
@@ -65,10 +65,13 @@ class Progress:
         percent = f" ({100.0 * self.rows / self.total:.0f}%)" if self.total else ""
         kept = self.mean_kept_ratio
         kept_text = "dense" if kept is None else f"{kept:.3f}"
+        rate = self.rows / self.elapsed
+        remaining = max(self.total - self.rows, 0)
+        eta = f" | ETA {format_duration(remaining / rate)}" if rate > 0 and remaining else ""
         return (
-            f"rows {self.rows}/{self.total}{percent} | {self.rows / self.elapsed:.2f} rows/s | "
+            f"rows {self.rows}/{self.total}{percent} | {rate:.2f} rows/s | "
             f"{self.output_tokens / self.elapsed:.1f} out tok/s | errors {self.errors} | "
-            f"kept ratio {kept_text} | {self.elapsed:.0f}s"
+            f"kept ratio {kept_text} | {self.elapsed:.0f}s{eta}"
         )
 
     def _show(self, final: bool) -> None:
@@ -78,3 +81,15 @@ class Progress:
         else:
             self.stream.write(text + "\n")
         self.stream.flush()
+
+
+def format_duration(seconds: float) -> str:
+    """``42s``, ``7m05s``, ``3h12m``, ``2d04h``: as precise as a glance needs."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    if seconds < 86400:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
