@@ -26,7 +26,7 @@ import zipvl
 from pipeline.errors import JobError
 from pipeline.job_file import load_job
 from pipeline.media import decode_video
-from pipeline.report import REPORT_NAME
+from pipeline.report import REPORT_NAME, RUNS_DIR
 from pipeline.runner import run_job
 from pipeline.sample_data import BROKEN_ROWS, DEFAULT_DIR, IMAGE_TYPE
 from tests.conftest import ACCELERATOR, CAPTIONS_JOB, JobRun, read_output
@@ -164,7 +164,14 @@ def test_output_folder_holds_only_whole_shards_and_the_report(sample_caption_run
     metadata_folder = REPORT_NAME.split("/")[0]
     shards = [name for name in names if name != metadata_folder]
     assert metadata_folder in names and (sample_caption_run.output_dir / REPORT_NAME).is_file()
-    assert sorted(path.name for path in (sample_caption_run.output_dir / metadata_folder).iterdir()) == ["report.json"]
+    # The run metadata: the report, the job's fingerprint and the run's own report (the lock
+    # is released, so gone).
+    assert sorted(path.name for path in (sample_caption_run.output_dir / metadata_folder).iterdir()) \
+        == ["fingerprint.json", "report.json", "runs"]
+    (run_report,) = (sample_caption_run.output_dir / RUNS_DIR).iterdir()
+    run = json.loads(run_report.read_text())
+    assert (run["run_id"], run["state"], run["counts"]) == (
+        sample_caption_run.report["run_id"], "finished", sample_caption_run.report["counts"])
     assert shards == sorted(sample_caption_run.report["output"]["shards_written"])
     rows_per_file = sample_caption_run.spec.output.rows_per_file
     sizes = [pq.read_metadata(sample_caption_run.output_dir / name).num_rows for name in shards]
