@@ -34,10 +34,14 @@ def png_bytes(image: Image.Image) -> bytes:
 GREY_STEP = 10
 
 
-def encode_video(num_frames: int, fps: int = 8, size: tuple[int, int] = (32, 24)) -> bytes:
-    """An H.264 mp4 whose frame ``i`` is a flat grey of level ``GREY_STEP * i``."""
+def encode_video(num_frames: int, fps: int = 8, size: tuple[int, int] = (32, 24),
+                 container_format: str = "mp4") -> bytes:
+    """An H.264 video whose frame ``i`` is a flat grey of level ``GREY_STEP * i``.
+
+    ``container_format="h264"`` writes a raw stream: no container, no duration anywhere.
+    """
     buffer = io.BytesIO()
-    with av.open(buffer, mode="w", format="mp4") as container:
+    with av.open(buffer, mode="w", format=container_format) as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height = size
         stream.pix_fmt = "yuv420p"
@@ -235,27 +239,10 @@ def test_a_presigned_url_s_signature_never_reaches_the_error_row():
     assert "X-Amz" not in error and "AKIAEXAMPLE" not in error and "0123456789abcdef" not in error
 
 
-def encode_raw_h264(num_frames: int, size: tuple[int, int] = (32, 24)) -> bytes:
-    """A raw H.264 stream: no container, so no duration in any header."""
-    buffer = io.BytesIO()
-    with av.open(buffer, mode="w", format="h264") as container:
-        stream = container.add_stream("libx264", rate=8)
-        stream.width, stream.height = size
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": "0"}
-        for index in range(num_frames):
-            pixels = np.full((size[1], size[0], 3), GREY_STEP * index, dtype=np.uint8)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return buffer.getvalue()
-
-
 def test_a_video_without_duration_is_sampled_evenly_in_two_passes(monkeypatch):
     import pipeline.media as media
 
-    data = encode_raw_h264(12)
+    data = encode_video(12, container_format="h264")
     frames = decode_video(data, 4)
     # Centres of 4 equal segments of 12 frames: 1.5, 4.5, 7.5, 10.5 -> frames 1, 4, 7, 10.
     assert [frame_index(frame) for frame in frames] == [1, 4, 7, 10]
