@@ -21,7 +21,7 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from pipeline.errors import JobError
-from pipeline.output import write_bytes_atomically
+from pipeline.output import read_json, write_bytes_atomically
 
 FINGERPRINT_NAME = ".zipvl/fingerprint.json"
 
@@ -51,7 +51,7 @@ def check_fingerprint(filesystem: pafs.FileSystem, output_dir: str, spec: Any) -
     """
     path = posixpath.join(output_dir, FINGERPRINT_NAME)
     current = job_fingerprint(spec)
-    recorded = _read(filesystem, path)
+    recorded = read_json(filesystem, path)
     if recorded is not None and recorded != current:
         changes = _differences(recorded, current)
         if not spec.output.allow_job_change:
@@ -65,14 +65,6 @@ def check_fingerprint(filesystem: pafs.FileSystem, output_dir: str, spec: Any) -
     if recorded != current:
         data = json.dumps(current, indent=2, sort_keys=True).encode()
         write_bytes_atomically(filesystem, path, data)
-
-
-def _read(filesystem: pafs.FileSystem, path: str) -> dict[str, Any] | None:
-    try:
-        with filesystem.open_input_stream(path) as stream:
-            return json.loads(stream.read())
-    except FileNotFoundError:
-        return None
 
 
 def _differences(before: Any, after: Any, prefix: str = "") -> list[str]:

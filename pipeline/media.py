@@ -76,7 +76,9 @@ class MediaReader:
             if isinstance(raw_error, FileNotFoundError) \
                     or isinstance(raw_error.__cause__, FileNotFoundError):
                 raise MediaError(f"media file not found: {location}", kind="missing_media") from None
-            if is_transient(raw_error) or is_transient(raw_error.__cause__ or raw_error):
+            # pipeline.storage wraps pyarrow's error; the cause says whether it is transient.
+            if is_transient(raw_error) or (raw_error.__cause__ is not None
+                                           and is_transient(raw_error.__cause__)):
                 # The storage, not the row: stop the job (rerun to resume), write no error row.
                 raise SystemFault(f"storage unreachable after {self.max_attempts} attempt(s): "
                                   f"cannot read media file {location}: {first_line(error)}") from None

@@ -194,6 +194,15 @@ def write_bytes_atomically(filesystem: pafs.FileSystem, path: str, data: bytes,
         with_retries(upload, attempts)
 
 
+def read_json(filesystem: pafs.FileSystem, path: str) -> Any:
+    """The JSON document at `path`, or None when there is none (a malformed one raises)."""
+    try:
+        with filesystem.open_input_stream(path) as stream:
+            return json.loads(stream.read())
+    except FileNotFoundError:
+        return None
+
+
 def schema_metadata(settings: Mapping[str, Any]) -> dict[bytes, bytes]:
     """Parquet schema metadata from job settings: ``zipvl_batch.<key>`` -> JSON."""
     return {

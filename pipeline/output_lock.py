@@ -188,7 +188,7 @@ class OutputLock:
             current = self.store.read()
             if current is None:
                 continue
-            held = _parse(current[0])
+            held = parse_lease(current[0])
             if held is not None and not held.is_stale(time.time()):
                 raise OutputLocked(
                     f"output.path: {self.where} is being written by another {held.describe()}. "
@@ -215,7 +215,7 @@ class OutputLock:
                 continue
             if token is None:
                 current = self.store.read()
-                holder = _parse(current[0]) if current else None
+                holder = parse_lease(current[0]) if current else None
                 self._lost = (f"this run's lock on {self.where} was taken over by "
                               f"{holder.describe() if holder else 'another run'}: its heartbeat "
                               "stalled past output.lock_ttl_seconds. Stopping so that both runs "
@@ -240,11 +240,12 @@ class OutputLock:
                 pass
 
 
-def _parse(data: bytes) -> Lease | None:
+def parse_lease(data: bytes) -> Lease | None:
+    """The lease in a lock file's bytes, or None when they are not one (treated as stale)."""
     try:
         return Lease(**json.loads(data))
     except (ValueError, TypeError):
-        return None  # unreadable: treated as stale
+        return None
 
 
 def lock_for_output(output_uri: str, output_dir: str, storage_options: Any, run_id: str,

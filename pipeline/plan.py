@@ -155,6 +155,7 @@ def _rows_to_do(spec: Any, input_fs: Any, files: list[str],
 
 def _decode_stage(spec: Any, input_fs: Any, ledger_name: str | None) -> DecodeStage:
     columns = spec.input.columns
+    options = storage_options_for(spec.input.storage_options)
     return DecodeStage(
         id_column=columns.id,
         image_column=columns.image,
@@ -163,9 +164,9 @@ def _decode_stage(spec: Any, input_fs: Any, ledger_name: str | None) -> DecodeSt
         video_frames=spec.task.video_frames,
         base_dir=media_base_dir(spec.input.path),
         reader=MediaReader(
-            storage_options=storage_options_for(spec.input.storage_options),
+            storage_options=options,
             s3_filesystem=input_fs if is_s3(spec.input.path) else None,
-            max_attempts=max_attempts(storage_options_for(spec.input.storage_options)),
+            max_attempts=max_attempts(options),
         ),
         ledger_name=ledger_name,
     )

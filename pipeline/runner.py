@@ -78,36 +78,33 @@ def run_job(spec: Any, job_file: str | None = None, generate_stage: type = Gener
             ray.shutdown()
 
 
+@dataclass(frozen=True)
+class _Start:
+    """What a run holds from its first moment: its id and clocks, its output folder and
+    the lock on it, its crash ledger, and whether it joined a running Ray cluster."""
+
+    run_id: str
+    started_wall: float
+    started_at: str
+    output_fs: Any
+    output_dir: str
+    lock: OutputLock
+    ledger_name: str
+    joined_cluster: bool
+    job_file: str | None
+
+
 @dataclass
 class _Run:
     """One run's moving parts, from the output folder as found to the rows streamed in."""
 
     spec: Any
-    output_fs: Any
-    output_dir: str
+    start: _Start
     plan: JobPlan
     writer: ShardWriter
     budget: ErrorBudget
-    run_id: str
-    started_wall: float
-    started_at: str
-    lock: OutputLock
-    job_file: str | None
     tally: RunTally = field(default_factory=RunTally)
     report_written: float = 0.0
-
-
-@dataclass(frozen=True)
-class _Start:
-    """What a run holds from its first moment: its id and clocks, its output lock and
-    crash ledger, and whether it joined a running Ray cluster."""
-
-    run_id: str
-    started_wall: float
-    started_at: str
-    lock: OutputLock
-    ledger_name: str
-    joined_cluster: bool
 
 
 def _run(spec: Any, job_file: str | None, generate_stage: type,
@@ -115,38 +112,32 @@ def _run(spec: Any, job_file: str | None, generate_stage: type,
     import ray
 
     started_wall, started_at, run_id = time.monotonic(), _now(), new_run_id()
-    lock = _output_lock(spec, run_id)
+    output_options = storage_options_for(spec.output.storage_options)
+    output_fs, output_dir = filesystem_for(spec.output.path, output_options)
+    lock = lock_for_output(spec.output.path, output_dir, output_options, run_id,
+                           spec.output.lock_ttl_seconds)
     ledger_name, ledger = start_ledger(run_id)
     try:
-        return _run_locked(spec, job_file, generate_stage, after_shard,
-                           _Start(run_id, started_wall, started_at, lock, ledger_name,
-                                  joined_cluster))
+        return _run_locked(spec, generate_stage, after_shard,
+                           _Start(run_id, started_wall, started_at, output_fs, output_dir, lock,
+                                  ledger_name, joined_cluster, job_file))
     finally:
         ray.kill(ledger)
         lock.release()
 
 
-def _output_lock(spec: Any, run_id: str) -> OutputLock:
-    output_options = storage_options_for(spec.output.storage_options)
-    _, output_dir = filesystem_for(spec.output.path, output_options)
-    return lock_for_output(spec.output.path, output_dir, output_options, run_id,
-                           spec.output.lock_ttl_seconds)
-
-
-def _run_locked(spec: Any, job_file: str | None, generate_stage: type,
-                after_shard: AfterShard | None, start: _Start) -> dict[str, Any]:
-    run_id = start.run_id
-    output_fs, output_dir, existing = _open_output(spec, start.lock)
+def _run_locked(spec: Any, generate_stage: type, after_shard: AfterShard | None,
+                start: _Start) -> dict[str, Any]:
+    existing = _open_output(spec, start)
     listed = input_files(spec)
     with ray_data_settings(num_input_files=len(listed[1])):
         plan = plan_job(spec, existing.ids, generate_stage, listed, start.joined_cluster,
                         ledger_name=start.ledger_name)
-        writer = _open_writer(spec, output_fs, output_dir, run_id)
+        writer = _open_writer(spec, start)
         budget = ErrorBudget(spec.output.max_error_fraction, job_rows=plan.input_rows,
                              done_rows=plan.skipped, errors_by_kind=existing.errors_by_kind.copy())
         budget.check()  # earlier runs' error rows may already be over it
-        run = _Run(spec, output_fs, output_dir, plan, writer, budget, run_id,
-                   start.started_wall, start.started_at, start.lock, job_file)
+        run = _Run(spec, start, plan, writer, budget)
         _write_run_report(run, "running")
         print(f"[zipvl-batch] {spec.name}: {plan.to_process} row(s) to process "
               f"({plan.skipped} already in {spec.output.path}), model "
@@ -156,22 +147,22 @@ def _run_locked(spec: Any, job_file: str | None, generate_stage: type,
         return _finish(run)
 
 
-def _open_writer(spec: Any, output_fs: Any, output_dir: str, run_id: str) -> ShardWriter:
+def _open_writer(spec: Any, start: _Start) -> ShardWriter:
+    options = storage_options_for(spec.output.storage_options)
     try:
-        options = storage_options_for(spec.output.storage_options)
-        return ShardWriter(output_fs, output_dir, run_id, spec.output.rows_per_file,
-                           _metadata(spec, run_id), attempts=max_attempts(options))
+        return ShardWriter(start.output_fs, start.output_dir, start.run_id,
+                           spec.output.rows_per_file, _metadata(spec, start.run_id),
+                           attempts=max_attempts(options))
     except Exception as error:
-        options = storage_options_for(spec.output.storage_options)
         raise JobError(f"output.path: {explain_storage_error('write', spec.output.path, options, error)}") from error
 
 
-def _open_output(spec: Any, lock: OutputLock) -> tuple[Any, str, ExistingOutput]:
-    """Take the output folder's lock; its file system and path, and what its shards hold."""
+def _open_output(spec: Any, start: _Start) -> ExistingOutput:
+    """Take the output folder's lock; what its finished shards hold."""
     output_options = storage_options_for(spec.output.storage_options)
-    output_fs, output_dir = filesystem_for(spec.output.path, output_options)
+    output_fs, output_dir = start.output_fs, start.output_dir
     try:
-        lock.acquire()  # before anything is deleted: temp files may be a live run's
+        start.lock.acquire()  # before anything is deleted: temp files may be a live run's
         remove_stale_temp_files(output_fs, output_dir)
         existing = existing_output(output_fs, output_dir)
     except JobError:
@@ -186,7 +177,7 @@ def _open_output(spec: Any, lock: OutputLock) -> tuple[Any, str, ExistingOutput]
         raise JobError(f"output.path: {spec.output.path} already holds {len(list_shards(output_fs, output_dir))} "
                        "shard(s) and output.resume is false; remove them or choose another output.path")
     check_fingerprint(output_fs, output_dir, spec)
-    return output_fs, output_dir, existing
+    return existing
 
 
 def _stream(run: _Run, after_shard: AfterShard | None) -> None:
@@ -201,7 +192,7 @@ def _stream(run: _Run, after_shard: AfterShard | None) -> None:
             batches = run.plan.dataset.iter_batches(batch_size=None, batch_format="pyarrow")
             try:
                 for batch in batches:
-                    run.lock.check()  # never write once another run holds the folder
+                    run.start.lock.check()  # never write once another run holds the folder
                     _tally_batch(run.tally, run.budget, progress, batch)
                     writer.write(batch)
                     run.budget.check()
@@ -246,15 +237,15 @@ def _stream(run: _Run, after_shard: AfterShard | None) -> None:
 def _report(run: _Run, state: str) -> dict[str, Any]:
     return build_report(
         job=run.spec.report_dict(),
-        job_file=None if run.job_file is None else os.path.abspath(run.job_file),
-        run_id=run.run_id,
+        job_file=None if run.start.job_file is None else os.path.abspath(run.start.job_file),
+        run_id=run.start.run_id,
         output_uri=run.spec.output.path,
         shards=[posixpath.basename(path) for path in run.writer.shards],
         tally=run.tally,
         input_rows=run.plan.input_rows,
         skipped_by_resume=run.plan.skipped,
-        wall_time_seconds=time.monotonic() - run.started_wall,
-        started_at=run.started_at,
+        wall_time_seconds=time.monotonic() - run.start.started_wall,
+        started_at=run.start.started_at,
         finished_at=None if state == "running" else _now(),
         state=state,
     )
@@ -263,7 +254,8 @@ def _report(run: _Run, state: str) -> dict[str, Any]:
 def _write_run_report(run: _Run, state: str) -> None:
     """This run's report so far (``zipvl-batch status`` reads it); never fails the run."""
     try:
-        write_report(run.output_fs, run.output_dir, _report(run, state), finished=False)
+        write_report(run.start.output_fs, run.start.output_dir, _report(run, state),
+                     finished=False)
     except Exception as error:  # noqa: BLE001 (the rows matter more than the statistics)
         print(f"[zipvl-batch] warning: could not write the run report: {first_line(error)}",
               file=sys.stderr)
@@ -274,7 +266,7 @@ def _finish(run: _Run) -> dict[str, Any]:
     """Write the report, say what was done, and apply the final error-budget check."""
     spec, tally = run.spec, run.tally
     report = _report(run, "finished")
-    write_report(run.output_fs, run.output_dir, report)
+    write_report(run.start.output_fs, run.start.output_dir, report)
     kinds = ", ".join(f"{kind} {count}" for kind, count in tally.errors_by_kind.most_common())
     print(f"[zipvl-batch] done: {tally.ok} ok, {tally.error} error(s)"
           f"{f' ({kinds})' if kinds else ''}, {run.plan.skipped} skipped; output in "

@@ -11,7 +11,6 @@ job's fingerprint (model, task).
 
 from __future__ import annotations
 
-import json
 import posixpath
 import time
 from collections import Counter
@@ -22,8 +21,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from pipeline.fingerprint import FINGERPRINT_NAME
-from pipeline.output import filesystem_for, list_shards
-from pipeline.output_lock import LOCK_NAME, Lease
+from pipeline.output import filesystem_for, list_shards, read_json
+from pipeline.output_lock import LOCK_NAME, parse_lease
 from pipeline.report import RUNS_DIR
 
 
@@ -110,12 +109,12 @@ def _run_line(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def _lock(filesystem: pafs.FileSystem, directory: str) -> dict[str, Any] | None:
-    data = _read_json(filesystem, posixpath.join(directory, LOCK_NAME))
-    if not data:
-        return None
     try:
-        lease = Lease(**data)
-    except TypeError:
+        with filesystem.open_input_stream(posixpath.join(directory, LOCK_NAME)) as stream:
+            lease = parse_lease(stream.read())
+    except FileNotFoundError:
+        return None
+    if lease is None:  # not a lease: the next run takes it over
         return {"run_id": "?", "host": "?", "pid": 0, "heartbeat_age_seconds": 0.0, "stale": True}
     return {"run_id": lease.run_id, "host": lease.host, "pid": lease.pid,
             "heartbeat_age_seconds": time.time() - lease.heartbeat_at,
@@ -124,7 +123,6 @@ def _lock(filesystem: pafs.FileSystem, directory: str) -> dict[str, Any] | None:
 
 def _read_json(filesystem: pafs.FileSystem, path: str) -> dict[str, Any] | None:
     try:
-        with filesystem.open_input_stream(path) as stream:
-            return json.loads(stream.read())
-    except (FileNotFoundError, ValueError):
+        return read_json(filesystem, path)
+    except ValueError:  # status reads what it can; a malformed file is left to the runs
         return None
