@@ -32,3 +32,9 @@ class SelectionStrategy:
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, **dataclasses.asdict(self)}  # type: ignore[call-overload]
+
+
+def check_ratio(strategy: str, ratio: Any) -> None:
+    """A kept share must be a number in (0, 1]; raises ``ValueError`` naming the field."""
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 < ratio <= 1.0:
+        raise ValueError(f"{strategy}.ratio must be in (0, 1], got {ratio!r}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
-from zipvl.strategies.base import SelectionStrategy
+from zipvl.strategies.base import SelectionStrategy, check_ratio
 
 if TYPE_CHECKING:
     import torch
@@ -27,9 +27,7 @@ class FixedRatio(SelectionStrategy):
     name: ClassVar[str] = "fixed_ratio"
 
     def __post_init__(self) -> None:
-        if isinstance(self.ratio, bool) or not isinstance(self.ratio, (int, float)) \
-                or not 0.0 < self.ratio <= 1.0:
-            raise ValueError(f"fixed_ratio.ratio must be in (0, 1], got {self.ratio!r}")
+        check_ratio(self.name, self.ratio)
 
     def kept_positions(self, query: torch.Tensor, key: torch.Tensor, *, config: ZipVLConfig,
                        layer_idx: int, sample: int, scale: float) -> torch.Tensor:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
-from zipvl.strategies.base import SelectionStrategy
+from zipvl.strategies.base import SelectionStrategy, check_ratio
 
 if TYPE_CHECKING:
     import torch
@@ -28,9 +28,7 @@ class SinkAndRecent(SelectionStrategy):
     name: ClassVar[str] = "sink_and_recent"
 
     def __post_init__(self) -> None:
-        if isinstance(self.ratio, bool) or not isinstance(self.ratio, (int, float)) \
-                or not 0.0 < self.ratio <= 1.0:
-            raise ValueError(f"sink_and_recent.ratio must be in (0, 1], got {self.ratio!r}")
+        check_ratio(self.name, self.ratio)
         if isinstance(self.sink_tokens, bool) or not isinstance(self.sink_tokens, int) \
                 or self.sink_tokens < 0:
             raise ValueError(f"sink_and_recent.sink_tokens must be a non-negative integer, "
