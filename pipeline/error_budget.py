@@ -13,6 +13,10 @@ fails it (``TooManyErrors``, exit 3):
   interval exceeds it, so a few broken rows that happen to come first do not
   stop a healthy job;
 - at the end, when the share over the whole job exceeds it.
+
+Rows that repeat an earlier id (``duplicate_id``) are not counted: the input index
+finds them all before the run starts and the run says how many, and they say nothing
+about whether the media or the model work.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from dataclasses import dataclass, field
 from pipeline.errors import TooManyErrors
 
 MIN_ROWS_FOR_ESTIMATE = 100
+NOT_COUNTED = frozenset({"duplicate_id"})
 # Two-sided 99.9% normal quantile: a false early stop needs a 1-in-2000 streak.
 _Z = 3.29
 
@@ -50,7 +55,7 @@ class ErrorBudget:
 
     @property
     def errors(self) -> int:
-        return sum(self.errors_by_kind.values())
+        return sum(count for kind, count in self.errors_by_kind.items() if kind not in NOT_COUNTED)
 
     def add(self, rows: int, kinds: list[str | None], messages: list[str | None]) -> None:
         """Count `rows` finished rows, of which the error rows have these kinds / messages."""
@@ -74,7 +79,8 @@ class ErrorBudget:
                        f"error rows")
 
     def _fail(self, what: str) -> None:
-        kind, count = self.errors_by_kind.most_common(1)[0]
+        kind, count = next((kind, count) for kind, count in self.errors_by_kind.most_common()
+                           if kind not in NOT_COUNTED)
         example = self.example_by_kind.get(kind, "")
         raise TooManyErrors(
             f"{what}, over output.max_error_fraction {self.max_fraction:g}. Most frequent: "

@@ -53,5 +53,6 @@ ERROR_KINDS = {
     "preprocess": "the model's processor refused the row's media or text",
     "too_long": "the prompt plus max_new_tokens exceeds the model's context",
     "too_large": "the row runs out of accelerator memory even alone in its batch",
+    "duplicate_id": "the row's id came earlier in the input; written under a stand-in id",
     "worker_died": "the worker process died (a crash, not an exception) every time it took the row",
 }

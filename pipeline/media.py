@@ -54,14 +54,13 @@ class MediaError(Exception):
 class MediaReader:
     """Reads the file a path / URI cell names.
 
-    ``s3_filesystem`` (the job input's, resolved on the driver) is pickled into
-    the decode workers with its configuration, so they need no AWS environment
-    of their own; other locations go through ``pipeline.storage`` with
-    ``storage_options``.
+    ``input_access`` (``pipeline.storage_access``) reaches the job input's store, so
+    ``s3://`` paths in the cells are read the way the input is; other locations go
+    through ``pipeline.storage`` with ``storage_options``.
     """
 
     storage_options: Mapping[str, Any] | None = None
-    s3_filesystem: Any = None
+    input_access: Any = None
     max_attempts: int = DEFAULT_ATTEMPTS
 
     def __call__(self, location: str) -> bytes:
@@ -87,9 +86,9 @@ class MediaReader:
     def _read(self, location: str) -> bytes:
         from pipeline.storage import is_s3, read_bytes
 
-        if self.s3_filesystem is not None and is_s3(location):
+        if self.input_access is not None and is_s3(location) and is_s3(self.input_access.uri):
             bucket_and_key = location.split("://", 1)[1]
-            with self.s3_filesystem.open_input_stream(bucket_and_key) as stream:
+            with self.input_access.filesystem().open_input_stream(bucket_and_key) as stream:
                 return stream.read()
         options = dict(self.storage_options) if self.storage_options else None
         return read_bytes(location, options)

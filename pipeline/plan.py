@@ -1,11 +1,10 @@
-"""The Ray Data plan of a job: read, filter, decode, generate (built lazily, run by the driver).
+"""The Ray Data plan of a job: read, decode, generate (built lazily, run by the driver).
 
 Ray Data's streaming executor runs the stages concurrently, so decoding overlaps
 generation and memory stays bounded::
 
-    read_parquet(input files, mapped columns)            # local or S3
-      -> keep the first input.limit ids (chosen on the driver, in file order)
-      -> drop ids already in the output (resume)          # pyarrow is_in per batch
+    index_input(id column of every input file)            # on the driver: rows left, duplicates
+      -> read_datasource(RemainingRows)                    # only row groups with work, local or S3
       -> repartition(target_num_rows_per_block=batch)     # spread rows over the actors
       -> map_batches(DecodeStage, CPU tasks)              # media -> RGB frames / error rows
       -> map_batches(GenerateStage, actor pool)           # one model per actor
@@ -13,7 +12,8 @@ generation and memory stays bounded::
 Resume is this project's own rather than Ray Data's checkpointing: the output
 folder is the checkpoint (the ids in its finished shards), so it works on any
 Ray version, survives a changed cluster, and a Ctrl-C or crash loses at most
-the rows not yet in a finished shard.
+the rows not yet in a finished shard. A resume reads the ids of all the input, and the
+media of only the row groups that still hold work (``input_index``).
 """
 
 from __future__ import annotations
@@ -22,50 +22,30 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from pipeline.crash_ledger import MAX_ATTEMPTS
-from pipeline.inputs import count_rows, first_ids, input_files, media_base_dir, storage_options_for
+from pipeline.input_index import index_input
+from pipeline.input_source import RemainingRows
+from pipeline.inputs import input_files, media_base_dir, storage_options_for
 from pipeline.media import MediaReader
 from pipeline.ray_setup import worker_resources
-from pipeline.row_ids import canonical_ids
 from pipeline.stages import DecodeStage, GenerateStage
-from pipeline.storage import is_s3, max_attempts
+from pipeline.storage import max_attempts
+from pipeline.storage_access import StorageAccess, storage_access
 
 # Memory (bytes) a decode task reserves: a batch of decoded frames (8 video frames
 # at 1080p, RGB, are 50 MB).
 DECODE_TASK_MEMORY = 512 * 1024**2
 
 
-class _IdFilter:
-    """Batch filter on the id column against a set of ids held in the object store.
-
-    ``keep=False`` drops the rows whose id is in the set (resume: already done);
-    ``keep=True`` keeps only those rows (``input.limit``: the chosen first rows).
-    """
-
-    def __init__(self, ids_ref: Any, id_column: str, keep: bool) -> None:
-        self.ids_ref = ids_ref  # shipped by reference; each worker fetches the set once
-        self.id_column = id_column
-        self.keep = keep
-        self._ids: pa.Array | None = None
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        import ray
-
-        if self._ids is None:
-            self._ids = ray.get(self.ids_ref)
-        member = pc.is_in(canonical_ids(batch.column(self.id_column)), value_set=self._ids)
-        return batch.filter(member if self.keep else pc.invert(member))
-
-
 @dataclass
 class JobPlan:
     """The Ray Data pipeline of a job and what it will do (not yet executed)."""
 
-    dataset: Any  # ray.data.Dataset of GENERATED_SCHEMA rows
+    dataset: Any  # ray.data.Dataset of GENERATED_SCHEMA rows (None: nothing to do)
     input_rows: int  # rows of the input (after input.limit)
     skipped: int  # of those, rows whose id is already in the output
+    duplicates: int = 0  # of the input rows, those whose id came earlier (input_index)
 
     @property
     def to_process(self) -> int:
@@ -91,17 +71,20 @@ def plan_job(spec: Any, done_ids: pa.Array, generate_stage: type = GenerateStage
     resources = worker_resources(spec, joined_cluster)
     columns = spec.input.columns
     selected = list(dict.fromkeys(n for n in (columns.id, columns.image, columns.video, columns.prompt) if n))
-    files, row_filter, input_rows, skipped = _rows_to_do(spec, input_fs, files, done_ids)
-    dataset = ray.data.read_parquet(files, filesystem=input_fs, columns=selected)
-    if row_filter is not None:
-        dataset = dataset.map_batches(row_filter, batch_format="pyarrow")
+    index = index_input(input_fs, files, columns.id, done_ids, spec.input.limit)
+    access = storage_access(spec.input.path, storage_options_for(spec.input.storage_options),
+                            joined_cluster)
+    if not index.fragments:
+        return JobPlan(dataset=None, input_rows=index.input_rows, skipped=index.done_rows,
+                       duplicates=index.duplicate_rows)
+    dataset = ray.data.read_datasource(RemainingRows(access, selected, columns.id, index.fragments))
 
     batch_size = spec.resources.batch_size
     # Small inputs are one block; blocks of one batch spread the rows over the actors.
     dataset = dataset.repartition(target_num_rows_per_block=batch_size)
     retries = MAX_ATTEMPTS - 1
     dataset = dataset.map_batches(
-        _decode_stage(spec, input_fs, ledger_name),
+        _decode_stage(spec, access, ledger_name),
         batch_format="pyarrow",
         batch_size=batch_size,
         compute=TaskPoolStrategy(size=spec.resources.decode_workers),
@@ -129,31 +112,11 @@ def plan_job(spec: Any, done_ids: pa.Array, generate_stage: type = GenerateStage
         max_task_retries=retries,
         **generate_kwargs,
     )
-    return JobPlan(dataset=dataset, input_rows=input_rows, skipped=skipped)
+    return JobPlan(dataset=dataset, input_rows=index.input_rows, skipped=index.done_rows,
+                   duplicates=index.duplicate_rows)
 
 
-def _rows_to_do(spec: Any, input_fs: Any, files: list[str],
-                done_ids: pa.Array) -> tuple[list[str], _IdFilter | None, int, int]:
-    """The files to read, the id filter to apply, the job's rows and how many are done."""
-    import ray
-
-    id_column = spec.input.columns.id
-    if spec.input.limit is not None:
-        files, chosen = first_ids(input_fs, files, id_column, spec.input.limit)
-        input_rows = len(chosen)
-        if len(done_ids):
-            chosen = chosen.filter(pc.invert(pc.is_in(chosen, value_set=done_ids)))
-        return files, _IdFilter(ray.put(chosen), id_column, keep=True), input_rows, input_rows - len(chosen)
-    input_rows = count_rows(input_fs, files)
-    if not len(done_ids):
-        return files, None, input_rows, 0
-    row_filter = _IdFilter(ray.put(done_ids), id_column, keep=False)
-    id_only = ray.data.read_parquet(files, filesystem=input_fs, columns=[id_column])
-    remaining = id_only.map_batches(row_filter, batch_format="pyarrow").count()
-    return files, row_filter, input_rows, input_rows - remaining
-
-
-def _decode_stage(spec: Any, input_fs: Any, ledger_name: str | None) -> DecodeStage:
+def _decode_stage(spec: Any, access: StorageAccess, ledger_name: str | None) -> DecodeStage:
     columns = spec.input.columns
     options = storage_options_for(spec.input.storage_options)
     return DecodeStage(
@@ -165,7 +128,7 @@ def _decode_stage(spec: Any, input_fs: Any, ledger_name: str | None) -> DecodeSt
         base_dir=media_base_dir(spec.input.path),
         reader=MediaReader(
             storage_options=options,
-            s3_filesystem=input_fs if is_s3(spec.input.path) else None,
+            input_access=access,
             max_attempts=max_attempts(options),
         ),
         ledger_name=ledger_name,

@@ -20,7 +20,6 @@ from pipeline.errors import JobError
 _QUIET_LOGGERS = ("ray.data._internal.progress", "ray.data._internal.execution.streaming_executor")
 # Seconds to wait for all generate actors to start (model downloads count).
 ACTOR_START_TIMEOUT_ENV = "ZIPVL_BATCH_ACTOR_START_TIMEOUT_S"
-FOOTER_ACTORS_ENV = "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS"
 
 
 def ensure_ray(spec: Any) -> bool:
@@ -94,7 +93,7 @@ def worker_resources(spec: Any, joined_cluster: bool = False) -> WorkerResources
 
 
 @contextlib.contextmanager
-def ray_data_settings(num_input_files: int) -> Iterator[None]:
+def ray_data_settings() -> Iterator[None]:
     """Ray Data settings for one job run from this driver, restored when it ends."""
     from ray.data import DataContext
 
@@ -105,16 +104,10 @@ def ray_data_settings(num_input_files: int) -> Iterator[None]:
                 "wait_for_min_actors_s": int(os.environ.get(ACTOR_START_TIMEOUT_ENV, "3600"))}
     saved_settings = {name: getattr(context, name) for name in settings}
     saved_levels = {name: logging.getLogger(name).level for name in _QUIET_LOGGERS}
-    saved_footer_actors = os.environ.get(FOOTER_ACTORS_ENV)
     for name, value in settings.items():
         setattr(context, name, value)
     for name in _QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING if "executor" in name else logging.ERROR)
-    # Ray Data 2.60 starts a pool of footer-reading actors per read (32 by default): for a
-    # few files that is tens of seconds of process start-up before the first row, which
-    # the benchmark measured; one actor per 64 files is plenty (the user's value wins).
-    if saved_footer_actors is None:
-        os.environ[FOOTER_ACTORS_ENV] = str(min(32, 1 + num_input_files // 64))
     try:
         yield
     finally:
@@ -122,5 +115,3 @@ def ray_data_settings(num_input_files: int) -> Iterator[None]:
             setattr(context, name, value)
         for name, level in saved_levels.items():
             logging.getLogger(name).setLevel(level)
-        if saved_footer_actors is None:
-            os.environ.pop(FOOTER_ACTORS_ENV, None)

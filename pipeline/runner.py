@@ -130,7 +130,7 @@ def _run_locked(spec: Any, generate_stage: type, after_shard: AfterShard | None,
                 start: _Start) -> dict[str, Any]:
     existing = _open_output(spec, start)
     listed = input_files(spec)
-    with ray_data_settings(num_input_files=len(listed[1])):
+    with ray_data_settings():
         plan = plan_job(spec, existing.ids, generate_stage, listed, start.joined_cluster,
                         ledger_name=start.ledger_name)
         writer = _open_writer(spec, start)
@@ -143,6 +143,10 @@ def _run_locked(spec: Any, generate_stage: type, after_shard: AfterShard | None,
               f"({plan.skipped} already in {spec.output.path}), model "
               f"{spec.model_settings().label}, method "
               f"{'dense' if spec.zipvl_config() is None else 'zipvl'}", file=sys.stderr)
+        if plan.duplicates:
+            print(f"[zipvl-batch] warning: {plan.duplicates} input row(s) repeat an earlier "
+                  "row's id; each is written as a duplicate_id error row under the stand-in id "
+                  "<id>#duplicate-<k>", file=sys.stderr)
         _stream(run, after_shard)
         return _finish(run)
 

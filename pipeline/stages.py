@@ -30,6 +30,7 @@ from PIL import Image
 
 from pipeline.crash_ledger import WORKER_DIED_KIND, guarded
 from pipeline.errors import SystemFault, first_line
+from pipeline.input_index import DUPLICATE_COLUMN
 from pipeline.media import MediaError, MediaReader, decode_image, decode_video
 from pipeline.output import OUTPUT_COLUMNS, OUTPUT_SCHEMA
 from pipeline.redaction import redact_urls_in
@@ -103,9 +104,12 @@ class DecodeStage:
         images = self._column(batch, self.image_column)
         videos = self._column(batch, self.video_column)
         questions = self._column(batch, self.question_column)
+        duplicate_of = self._column(batch, DUPLICATE_COLUMN if DUPLICATE_COLUMN
+                                    in batch.column_names else None)
 
         def decode(indices: list[int]) -> list[tuple]:
-            return [self._decode_row(ids[i], images[i], videos[i]) for i in indices]
+            return [([], None, None, duplicate_of[i], "duplicate_id") if duplicate_of[i]
+                    else self._decode_row(ids[i], images[i], videos[i]) for i in indices]
 
         def died_on(index: int, deaths: int) -> tuple:
             return ([], None, None, f"the decode worker process died {deaths} times while "

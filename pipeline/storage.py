@@ -34,6 +34,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -122,6 +123,9 @@ class S3Settings:
     access_key: str | None = field(default=None, repr=False)
     secret_key: str | None = field(default=None, repr=False)
     session_token: str | None = field(default=None, repr=False)
+    # The AWS SDK inside pyarrow finds these credentials itself (the environment): they
+    # are not handed to pyarrow, so a filesystem pickled into a task carries none.
+    found_by_sdk: bool = False
 
     def describe(self) -> str:
         endpoint = redact_url(self.endpoint_url) if self.endpoint_url else "the AWS default"
@@ -267,7 +271,7 @@ def resolve_s3_settings(storage_options: StorageOptionsLike = None) -> S3Setting
         return S3Settings(
             endpoint_url, region, "environment (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)",
             force_path_style, access_key=access_key, secret_key=secret_key,
-            session_token=_env("AWS_SESSION_TOKEN"),
+            session_token=_env("AWS_SESSION_TOKEN"), found_by_sdk=True,
         )
     profile_name = _env("AWS_PROFILE") or _env("AWS_DEFAULT_PROFILE") or "default"
     return S3Settings(
@@ -277,7 +281,8 @@ def resolve_s3_settings(storage_options: StorageOptionsLike = None) -> S3Setting
     )
 
 
-def _s3_filesystem(settings: S3Settings) -> pafs.S3FileSystem:
+def s3_filesystem_for(settings: S3Settings) -> pafs.S3FileSystem:
+    """A pyarrow S3 filesystem with `settings` (keys only where the SDK would not find them)."""
     kwargs: dict[str, Any] = {}
     if settings.region:
         kwargs["region"] = settings.region
@@ -335,7 +340,7 @@ def _credential_fields(settings: S3Settings) -> dict[str, Any]:
     """Anonymous access or explicit keys, named as pyarrow's S3FileSystem takes them."""
     if settings.anonymous:
         return {"anonymous": True}
-    if settings.access_key is None:
+    if settings.access_key is None or settings.found_by_sdk:
         return {}
     fields = {"access_key": settings.access_key, "secret_key": settings.secret_key}
     if settings.session_token:
@@ -347,13 +352,18 @@ def _environment_snapshot() -> tuple[tuple[str, str | None], ...]:
     return tuple((name, os.environ.get(name)) for name in _AWS_ENVIRONMENT_VARIABLES)
 
 
+# A profile's credentials may be temporary (SSO, assume-role, credential_process): a
+# resolved filesystem is reused for this long, then the profile is read again.
+PROFILE_REFRESH_SECONDS = 300
+
+
 @functools.lru_cache(maxsize=32)
 def _cached_s3_filesystem(
-    options: StorageOptions, environment: tuple[tuple[str, str | None], ...]
+    options: StorageOptions, environment: tuple[tuple[str, str | None], ...], period: int
 ) -> tuple[pafs.S3FileSystem, S3Settings]:
-    del environment  # part of the cache key only
+    del environment, period  # part of the cache key only
     settings = resolve_s3_settings(options)
-    return _s3_filesystem(settings), settings
+    return s3_filesystem_for(settings), settings
 
 
 # ---------------------------------------------------------------- public API
@@ -370,7 +380,9 @@ def resolve_filesystem(
     uri = os.fspath(uri)
     scheme = _check_scheme(uri)
     if scheme in S3_SCHEMES:
-        filesystem, _ = _cached_s3_filesystem(_as_options(storage_options), _environment_snapshot())
+        options = _as_options(storage_options)
+        period = int(time.monotonic() // PROFILE_REFRESH_SECONDS) if options.profile else 0
+        filesystem, _ = _cached_s3_filesystem(options, _environment_snapshot(), period)
         return filesystem, _split_s3(uri)
     return pafs.LocalFileSystem(), _split_local(uri)
 

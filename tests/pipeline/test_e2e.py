@@ -392,7 +392,7 @@ def test_decoding_stays_a_separate_stage_from_generation(ray_cluster, tmp_path: 
     from pipeline.ray_setup import ray_data_settings
 
     spec = load_job(CAPTIONS_JOB, [f"output.path={tmp_path / 'out'}", "resources.cpus_per_worker=1"])
-    with ray_data_settings(num_input_files=1):
+    with ray_data_settings():
         plan = plan_job(spec, pa.array([], type=pa.string()))
         capsys.readouterr()
         plan.dataset.explain()

@@ -13,12 +13,12 @@ from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
-import ray
 
+from pipeline.input_index import index_input
 from pipeline.job_file import load_job
-from pipeline.plan import _IdFilter
 from pipeline.preflight import validate_job
 from pipeline.row_ids import HEX_PREFIX, canonical_ids
 from pipeline.runner import run_job
@@ -38,15 +38,19 @@ ID_COLUMNS = {
 
 
 @pytest.mark.parametrize("kind", sorted(ID_COLUMNS))
-def test_decode_stage_and_resume_filter_spell_ids_alike(kind, ray_cluster):
+def test_decode_stage_and_resume_index_spell_ids_alike(kind, tmp_path: Path):
     values, expected = ID_COLUMNS[kind]
     assert canonical_ids(values).to_pylist() == expected
     batch = pa.table({"key": values, "img": pa.array([png(0)] * len(values))})
     written = DecodeStage(id_column="key", image_column="img")(batch).column("id")
     assert written.to_pylist() == expected
-    # Resume: the ids as the output holds them (strings) drop exactly those input rows.
-    done = _IdFilter(ray.put(written.slice(0, 1)), "key", keep=False)
-    assert done(batch).column("key").to_pylist() == values.to_pylist()[1:]
+    # Resume: the ids as the output holds them (strings) leave exactly the other rows to do.
+    pq.write_table(batch, tmp_path / "input.parquet")
+    index = index_input(pafs.LocalFileSystem(), [str(tmp_path / "input.parquet")], "key",
+                        done_ids=written.slice(0, 1))
+    assert index.done_rows == 1 and index.to_process == len(values) - 1
+    rest = list(range(1, len(values)))
+    assert [fragment.offsets.tolist() for fragment in index.fragments] == ([rest] if rest else [])
 
 
 def test_float_ids_resume_without_duplicates(ray_cluster, tmp_path: Path):
