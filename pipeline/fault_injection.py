@@ -6,17 +6,21 @@ variables a test sets on the ``zipvl-batch`` process it starts (a subprocess can
 be handed nothing else):
 
 - ``ZIPVL_BATCH_TEST_CRASH_AFTER_SHARDS=N``: after N shards, SIGKILL (a hard crash);
-- ``ZIPVL_BATCH_TEST_INTERRUPT_AFTER_SHARDS=N``: after N shards, a Ctrl-C.
+- ``ZIPVL_BATCH_TEST_INTERRUPT_AFTER_SHARDS=N``: after N shards, a Ctrl-C;
+- ``ZIPVL_BATCH_TEST_PAUSE_AFTER_SHARDS=N``: after N shards, wait (for a signal from
+  outside, such as ``ray job stop``'s SIGTERM, to land mid-job).
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Callable, Mapping
 
 CRASH_AFTER_SHARDS_ENV = "ZIPVL_BATCH_TEST_CRASH_AFTER_SHARDS"
 INTERRUPT_AFTER_SHARDS_ENV = "ZIPVL_BATCH_TEST_INTERRUPT_AFTER_SHARDS"
+PAUSE_AFTER_SHARDS_ENV = "ZIPVL_BATCH_TEST_PAUSE_AFTER_SHARDS"
 
 AfterShard = Callable[[int], None]
 
@@ -25,7 +29,8 @@ def after_shard_from_environment(environment: Mapping[str, str] = os.environ) ->
     """The stop hook the environment asks for, or None (every normal run)."""
     crash_after = environment.get(CRASH_AFTER_SHARDS_ENV)
     interrupt_after = environment.get(INTERRUPT_AFTER_SHARDS_ENV)
-    if not crash_after and not interrupt_after:
+    pause_after = environment.get(PAUSE_AFTER_SHARDS_ENV)
+    if not crash_after and not interrupt_after and not pause_after:
         return None
 
     def after_shard(shards_written: int) -> None:
@@ -36,5 +41,7 @@ def after_shard_from_environment(environment: Mapping[str, str] = os.environ) ->
             signal.default_int_handler(signal.SIGINT, None)
         if crash_after and shards_written >= int(crash_after):
             os.kill(os.getpid(), signal.SIGKILL)
+        while pause_after and shards_written >= int(pause_after):
+            time.sleep(1)
 
     return after_shard

@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow.fs as pafs
 
 from pipeline.output import write_bytes_atomically
+from pipeline.retries import DEFAULT_ATTEMPTS
 
 # Relative to the output folder.
 REPORT_NAME = ".zipvl/report.json"
@@ -185,12 +186,14 @@ def run_report_path(output_directory: str, run_id: str) -> str:
 
 
 def write_report(filesystem: pafs.FileSystem, output_directory: str, report: dict[str, Any],
-                 finished: bool = True) -> str:
-    """Write `report` atomically as its run's report, and as the output's when `finished`."""
+                 finished: bool = True, attempts: int = DEFAULT_ATTEMPTS) -> str:
+    """Write `report` atomically as its run's report, and as the output's when `finished`
+    (each write tried up to `attempts` times through transient storage failures)."""
     data = json.dumps(report, indent=2, sort_keys=False, default=str).encode()
-    write_bytes_atomically(filesystem, run_report_path(output_directory, report["run_id"]), data)
+    write_bytes_atomically(filesystem, run_report_path(output_directory, report["run_id"]), data,
+                           attempts)
     if not finished:
         return run_report_path(output_directory, report["run_id"])
     path = report_path(output_directory)
-    write_bytes_atomically(filesystem, path, data)
+    write_bytes_atomically(filesystem, path, data, attempts)
     return path

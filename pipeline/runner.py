@@ -259,7 +259,7 @@ def _write_run_report(run: _Run, state: str) -> None:
     """This run's report so far (``zipvl-batch status`` reads it); never fails the run."""
     try:
         write_report(run.start.output_fs, run.start.output_dir, _report(run, state),
-                     finished=False)
+                     finished=False, attempts=run.writer.attempts)
     except Exception as error:  # noqa: BLE001 (the rows matter more than the statistics)
         print(f"[zipvl-batch] warning: could not write the run report: {first_line(error)}",
               file=sys.stderr)
@@ -270,7 +270,7 @@ def _finish(run: _Run) -> dict[str, Any]:
     """Write the report, say what was done, and apply the final error-budget check."""
     spec, tally = run.spec, run.tally
     report = _report(run, "finished")
-    write_report(run.start.output_fs, run.start.output_dir, report)
+    write_report(run.start.output_fs, run.start.output_dir, report, attempts=run.writer.attempts)
     kinds = ", ".join(f"{kind} {count}" for kind, count in tally.errors_by_kind.most_common())
     print(f"[zipvl-batch] done: {tally.ok} ok, {tally.error} error(s)"
           f"{f' ({kinds})' if kinds else ''}, {run.plan.skipped} skipped; output in "

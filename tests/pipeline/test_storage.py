@@ -152,8 +152,9 @@ def test_filesystem_arguments_follow_the_settings(aws_isolated, monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret-from-env")
     arguments = _constructor_arguments(storage.resolve_filesystem("s3://bucket/key")[0])
     assert (arguments["scheme"], arguments["endpoint_override"]) == ("http", "127.0.0.1:9000")
-    # Captured from the driver's environment, so workers need none of their own.
-    assert (arguments["access_key"], arguments["secret_key"]) == ("id-from-env", "secret-from-env")
+    # Found by the AWS SDK in the environment, where it stays refreshable: never frozen
+    # into the filesystem (which a task would carry pickled).
+    assert not arguments.get("access_key") and not arguments.get("secret_key")
     assert arguments["force_virtual_addressing"] is False  # path-style for a custom endpoint
 
     virtual = storage.resolve_filesystem("s3://bucket/key", {"force_path_style": False})[0]
@@ -239,20 +240,24 @@ def test_profile_from_shared_files(s3_server: S3Server, s3_bucket, aws_isolated,
         storage.resolve_filesystem(uri, {"profile": "absent"})
 
 
-def test_pickled_filesystem_works_in_a_process_without_aws_environment(
-    s3_server: S3Server, s3_bucket, s3_env, tmp_path
+def test_shipped_access_works_in_a_process_without_aws_environment(
+    s3_server: S3Server, s3_bucket, s3_env, tmp_path, ray_cluster
 ):
-    """Ray workers receive the filesystem pickled; they may not share the driver's environment."""
+    """Workers of a joined cluster that lack the driver's environment get its keys shipped."""
+    from pipeline.storage_access import storage_access
+
     _put(f"s3://{s3_bucket}/for-worker", b"worker bytes")
-    filesystem, path = storage.resolve_filesystem(f"s3://{s3_bucket}/for-worker")
-    pickled = tmp_path / "filesystem.pickle"
-    pickled.write_bytes(pickle.dumps(filesystem))
+    access = storage_access(f"s3://{s3_bucket}/in", None, joined_cluster=True)
+    assert access.shipped is not None  # the session cluster's workers have no AWS variables
+    path = f"{s3_bucket}/for-worker"
+    pickled = tmp_path / "access.pickle"
+    pickled.write_bytes(pickle.dumps(access))
     script = textwrap.dedent(
         f"""
         import pickle, sys
         import pyarrow.fs  # registers FinalizeS3 at exit (unpickling alone does not)
-        filesystem = pickle.loads(open({str(pickled)!r}, "rb").read())
-        with filesystem.open_input_stream({path!r}) as stream:
+        access = pickle.loads(open({str(pickled)!r}, "rb").read())
+        with access.filesystem().open_input_stream({path!r}) as stream:
             sys.stdout.write(stream.read().decode())
         """
     )
@@ -284,3 +289,21 @@ def test_unreachable_endpoint_gives_a_clear_error(aws_isolated, monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
     with pytest.raises(storage.StorageError, match="cannot be reached"):
         storage.read_bytes("s3://bucket/key")
+
+
+def test_workers_get_the_drivers_keys_only_where_they_cannot_find_their_own(
+        aws_isolated, monkeypatch, ray_cluster):
+    """The session cluster started before these variables were set: its workers lack them."""
+    import pickle
+
+    from pipeline.storage_access import storage_access
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9000")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "id-from-env")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret-from-env")
+    private = storage_access("s3://bucket/in", None, joined_cluster=False)
+    assert private.shipped is None and b"secret-from-env" not in pickle.dumps(private)
+    joined = storage_access("s3://bucket/in", None, joined_cluster=True)
+    shipped = _constructor_arguments(joined.filesystem())
+    assert (shipped["access_key"], shipped["secret_key"]) == ("id-from-env", "secret-from-env")
+    assert "secret-from-env" not in repr(joined)
