@@ -231,8 +231,12 @@ def validate(context: click.Context, job_file: str, overrides: tuple[str, ...],
 @_JOB_FILE
 @_overrides_option
 @_verbose_option
+@click.option("--retry-errors", is_flag=True,
+              help="Redo the error rows already in the output (duplicate_id rows excepted): "
+                   "they are taken out of their shards first, then done again, each id once.")
 @click.pass_context
-def run(context: click.Context, job_file: str, overrides: tuple[str, ...], verbose: bool) -> None:
+def run(context: click.Context, job_file: str, overrides: tuple[str, ...], verbose: bool,
+        retry_errors: bool) -> None:
     """Run JOB_FILE: validate it, then annotate every input row missing from the output."""
     spec, verbose = _checked_spec(context, job_file, overrides, verbose)
     for line in [f"job {spec.name!r} ({job_file})", *_summary(spec)]:
@@ -245,7 +249,8 @@ def run(context: click.Context, job_file: str, overrides: tuple[str, ...], verbo
 
     try:
         report = runner.run_job(spec, job_file=str(Path(job_file).resolve()),
-                                after_shard=after_shard_from_environment())
+                                after_shard=after_shard_from_environment(),
+                                retry_errors=retry_errors)
     except SpecError as error:
         _echo_error(f"invalid job file {job_file}:\n  {error}")
         _exit(EXIT_BAD_JOB)

@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 
 from pipeline.crash_ledger import start_ledger
 from pipeline.error_budget import ErrorBudget
+from pipeline.error_rows import remove_error_rows
 from pipeline.errors import JobError, SystemFault, TooManyErrors, first_line
 from pipeline.fault_injection import AfterShard
 from pipeline.fingerprint import check_fingerprint
@@ -53,15 +54,17 @@ from pipeline.storage import explain_storage_error, max_attempts
 
 
 def run_job(spec: Any, job_file: str | None = None, generate_stage: type = GenerateStage,
-            after_shard: AfterShard | None = None) -> dict[str, Any]:
+            after_shard: AfterShard | None = None, retry_errors: bool = False) -> dict[str, Any]:
     """Run `spec` to completion; returns the report (also written as ``.zipvl/report.json``).
 
     Raises ``JobError`` when the job cannot run or the pipeline fails (a system fault:
     the rows it hit stay undone), ``TooManyErrors`` when more than
     ``output.max_error_fraction`` of the rows are error rows; rows that fail for their
     own reason (bad media, a prompt too long) are error rows, not a failure.
-    `generate_stage` (the generate actor class) and `after_shard` (called with the
-    number of shards written after each batch) are seams for fault-injection tests.
+    `retry_errors` first takes the output's error rows out of their shards, so this run
+    redoes them (``error_rows``). `generate_stage` (the generate actor class) and
+    `after_shard` (called with the number of shards written after each batch) are seams
+    for fault-injection tests.
     """
     problems = validate_job(spec)
     if problems:
@@ -70,7 +73,8 @@ def run_job(spec: Any, job_file: str | None = None, generate_stage: type = Gener
     try:
         # After ensure_ray: ray.init replaces the SIGTERM handler with its own.
         with handled_stop_signals():
-            return _run(spec, job_file, generate_stage, after_shard, joined_cluster=not started_ray)
+            return _run(spec, job_file, generate_stage, after_shard, joined_cluster=not started_ray,
+                        retry_errors=retry_errors)
     finally:
         if started_ray:
             import ray
@@ -92,6 +96,7 @@ class _Start:
     ledger_name: str
     joined_cluster: bool
     job_file: str | None
+    retry_errors: bool = False
 
 
 @dataclass
@@ -108,7 +113,7 @@ class _Run:
 
 
 def _run(spec: Any, job_file: str | None, generate_stage: type,
-         after_shard: AfterShard | None, joined_cluster: bool) -> dict[str, Any]:
+         after_shard: AfterShard | None, joined_cluster: bool, retry_errors: bool) -> dict[str, Any]:
     import ray
 
     started_wall, started_at, run_id = time.monotonic(), _now(), new_run_id()
@@ -120,7 +125,7 @@ def _run(spec: Any, job_file: str | None, generate_stage: type,
     try:
         return _run_locked(spec, generate_stage, after_shard,
                            _Start(run_id, started_wall, started_at, output_fs, output_dir, lock,
-                                  ledger_name, joined_cluster, job_file))
+                                  ledger_name, joined_cluster, job_file, retry_errors))
     finally:
         ray.kill(ledger)
         lock.release()
@@ -168,6 +173,12 @@ def _open_output(spec: Any, start: _Start) -> ExistingOutput:
     try:
         start.lock.acquire()  # before anything is deleted: temp files may be a live run's
         remove_stale_temp_files(output_fs, output_dir)
+        if start.retry_errors:
+            check_fingerprint(output_fs, output_dir, spec)  # never redo rows of another job
+            removed = remove_error_rows(output_fs, output_dir, max_attempts(output_options))
+            print(f"[zipvl-batch] --retry-errors: {removed.rows} error row(s) taken out of "
+                  f"{removed.shards_rewritten + removed.shards_deleted} shard(s); this run "
+                  "redoes them", file=sys.stderr)
         existing = existing_output(output_fs, output_dir)
     except JobError:
         raise
