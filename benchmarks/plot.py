@@ -11,7 +11,10 @@ Reads ``benchmarks/results/<name>-latest.json`` (or ``-quick-latest`` with
 * ``prefill_ttft.png``: time to first token against prompt length per variant,
   and the time split (selection / attention / rest) at the longest length;
 * ``prefill_kept_per_layer.png``: kept ratio per layer;
-* ``decode_throughput.png``: tokens/s per batch and context, dense against ZipVL.
+* ``decode_throughput.png``: tokens/s per batch and context, dense against ZipVL;
+* ``resume_scaling.png``: a rerun with 40 rows left against N finished rows: its extra
+  seconds over a fresh 40-row job, the bytes it read against the bytes it needs, and
+  the driver's peak memory.
 
     python -m benchmarks.plot [--quick]
 """
@@ -171,6 +174,38 @@ def plot_decode(result: dict, suffix: str) -> list[str]:
     return [str(path)]
 
 
+def plot_resume(result: dict, suffix: str) -> list[str]:
+    cases = result["figures"]["cases"]
+    figure, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    for image_bytes in sorted({case["image_bytes"] for case in cases}):
+        rows = sorted((case for case in cases if case["image_bytes"] == image_bytes),
+                      key=lambda case: case["finished_rows"])
+        finished = [case["finished_rows"] for case in rows]
+        label = f"{image_bytes:,}-byte images"
+        axes[0].plot(finished, [case["overhead_seconds"] for case in rows], "-o", label=label)
+        axes[1].plot(finished, [case["rerun_bytes_read"] / 1e6 for case in rows], "-o",
+                     label=f"read, {label}")
+        axes[1].plot(finished, [case["bytes_needed"] / 1e6 for case in rows], ":",
+                     label=f"needed, {label}")
+        axes[1].plot(finished, [case["input_bytes"] / 1e6 for case in rows], "--", alpha=0.5,
+                     label=f"all media, {label}")
+        axes[2].plot(finished, [case["rerun_driver_peak_rss_bytes"] / 1e9 for case in rows], "-o",
+                     label=label)
+    titles = ("rerun seconds over a fresh 40-row job", "MB read from S3", "driver peak RSS (GB)")
+    for axis, title in zip(axes, titles):
+        axis.set_xscale("log")
+        axis.set_xlabel("finished rows in the output (N)")
+        axis.set_title(title)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    axes[1].set_yscale("log")
+    figure.tight_layout()
+    path = RESULTS_DIR / f"resume_scaling{suffix}.png"
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return [str(path)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="plot the latest benchmark results")
     parser.add_argument("--quick", action="store_true", help="plot the --quick results")
@@ -178,7 +213,7 @@ def main() -> None:
     suffix = "-quick" if args.quick else ""
     written: list[str] = []
     for name, plotter in (("fidelity", plot_fidelity), ("prefill", plot_prefill),
-                          ("decode", plot_decode)):
+                          ("decode", plot_decode), ("resume", plot_resume)):
         result = _try_load(name, args.quick)
         if result is not None:
             written += plotter(result, suffix)
