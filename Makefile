@@ -19,7 +19,7 @@ TRANSFORMERS_LOWEST := $(shell sed -n 's/^ *"transformers>=\([0-9.]*\),.*/\1/p' 
 LOWEST_VENV ?= .venv-transformers-$(TRANSFORMERS_LOWEST)
 LOWEST_STAMP := $(LOWEST_VENV)/.installed
 
-.PHONY: demo test test-lowest lint lock bench-quick clean
+.PHONY: demo test test-lowest lint lock bench-quick soak clean
 
 # $(1): venv folder, $(2): constraints file, $(3): extra requirements
 define install_venv
@@ -70,6 +70,11 @@ lock:
 	  .venv-lock/bin/python -m pip freeze --all --exclude-editable | grep -v '^zipvl-batch\|^pip==' \
 	  | sed 's/^\(torch==[0-9.]*\)+.*/\1/'; } > $(CONSTRAINTS)
 	rm -rf .venv-lock
+
+# 20,000 rows with actor kills, an S3 restart and a driver SIGKILL; results and a plot in
+# benchmarks/results/ (about 10 minutes on 2 cores).
+soak: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider -m soak tests/pipeline/test_soak.py --timeout 3600
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check zipvl pipeline tests benchmarks

@@ -54,9 +54,14 @@ class CrashLedger:
 def start_ledger(run_id: str) -> tuple[str, Any]:
     """Start this run's ledger actor; returns its name (for the stages) and its handle."""
     import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     name = f"zipvl-crash-ledger-{run_id}"
-    handle = ray.remote(num_cpus=0, max_restarts=0)(CrashLedger).options(name=name).remote()
+    # On the driver's own node: a worker node lost mid-job (a spot reclaim) must not take
+    # the ledger with it, and when the driver's node goes the job goes anyway.
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    handle = ray.remote(num_cpus=0, max_restarts=0)(CrashLedger).options(
+        name=name, scheduling_strategy=here).remote()
     return name, handle
 
 

@@ -1,7 +1,8 @@
 """The read stage: the mapped columns of the rows still to do, one row group at a time.
 
 A Ray Data ``Datasource`` over ``input_index`` fragments: each read task opens its
-files on the worker (``storage_access``: no frozen credentials in the task where the
+files on the worker (each row group's read retried through transient storage failures,
+``storage_options.max_attempts`` tries) (``storage_access``: no frozen credentials in the task where the
 workers find their own), reads the job's columns of its row groups only, keeps the
 rows still to do, and writes every id in its canonical form. A duplicate's id becomes
 its stand-in, and ``DUPLICATE_COLUMN`` says where the id was first seen (the decode
@@ -20,6 +21,7 @@ from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
 from pipeline.input_index import DUPLICATE_COLUMN, Fragment
+from pipeline.retries import DEFAULT_ATTEMPTS, with_retries
 from pipeline.row_ids import canonical_ids
 from pipeline.storage_access import StorageAccess
 
@@ -30,9 +32,10 @@ class RemainingRows(Datasource):
     """`columns` of the rows `fragments` name, through `access`."""
 
     def __init__(self, access: StorageAccess, columns: list[str], id_column: str,
-                 fragments: list[Fragment]) -> None:
+                 fragments: list[Fragment], attempts: int = DEFAULT_ATTEMPTS) -> None:
         super().__init__()
         self.access = access
+        self.attempts = attempts
         self.columns = columns
         self.id_column = id_column
         self.fragments = fragments
@@ -45,7 +48,7 @@ class RemainingRows(Datasource):
         tasks = []
         for group in _split(self.fragments, max(1, parallelism)):
             read = functools.partial(_read_fragments, self.access, self.columns, self.id_column,
-                                     group)
+                                     group, self.attempts)
             metadata = BlockMetadata(
                 num_rows=sum(f.rows for f in group),
                 size_bytes=sum(f.estimated_bytes for f in group),
@@ -72,24 +75,33 @@ def _split(fragments: list[Fragment], parts: int) -> list[list[Fragment]]:
 
 
 def _read_fragments(access: StorageAccess, columns: list[str], id_column: str,
-                    fragments: list[Fragment]) -> Iterator[pa.Table]:
+                    fragments: list[Fragment], attempts: int) -> Iterator[pa.Table]:
     filesystem = access.filesystem()
     for fragment in fragments:
-        with filesystem.open_input_file(fragment.path) as handle:
-            parquet = pq.ParquetFile(handle)
-            start = 0
-            for batch in parquet.iter_batches(batch_size=_BATCH_ROWS,
-                                              row_groups=[fragment.row_group], columns=columns):
-                table = pa.Table.from_batches([batch])
-                end = start + table.num_rows
-                if fragment.offsets is None:
-                    offsets = np.arange(start, end)
-                else:
-                    low, high = np.searchsorted(fragment.offsets, [start, end])
-                    offsets = fragment.offsets[low:high]
-                if len(offsets):
-                    yield _rows(table.take(offsets - start), offsets, id_column, fragment)
-                start = end
+        # A whole row group per try: a retry after a transient failure never yields a
+        # row twice (at most one row group of the mapped columns is held at a time).
+        yield from with_retries(
+            lambda fragment=fragment: list(_read_fragment(filesystem, columns, id_column,
+                                                          fragment)), attempts)
+
+
+def _read_fragment(filesystem, columns: list[str], id_column: str,
+                   fragment: Fragment) -> Iterator[pa.Table]:
+    with filesystem.open_input_file(fragment.path) as handle:
+        parquet = pq.ParquetFile(handle)
+        start = 0
+        for batch in parquet.iter_batches(batch_size=_BATCH_ROWS,
+                                          row_groups=[fragment.row_group], columns=columns):
+            table = pa.Table.from_batches([batch])
+            end = start + table.num_rows
+            if fragment.offsets is None:
+                offsets = np.arange(start, end)
+            else:
+                low, high = np.searchsorted(fragment.offsets, [start, end])
+                offsets = fragment.offsets[low:high]
+            if len(offsets):
+                yield _rows(table.take(offsets - start), offsets, id_column, fragment)
+            start = end
 
 
 def _rows(table: pa.Table, offsets: np.ndarray, id_column: str, fragment: Fragment) -> pa.Table:

@@ -77,7 +77,9 @@ def plan_job(spec: Any, done_ids: pa.Array, generate_stage: type = GenerateStage
     if not index.fragments:
         return JobPlan(dataset=None, input_rows=index.input_rows, skipped=index.done_rows,
                        duplicates=index.duplicate_rows)
-    dataset = ray.data.read_datasource(RemainingRows(access, selected, columns.id, index.fragments))
+    input_options = storage_options_for(spec.input.storage_options)
+    dataset = ray.data.read_datasource(RemainingRows(access, selected, columns.id, index.fragments,
+                                                     max_attempts(input_options)))
 
     batch_size = spec.resources.batch_size
     # Small inputs are one block; blocks of one batch spread the rows over the actors.
@@ -103,7 +105,9 @@ def plan_job(spec: Any, done_ids: pa.Array, generate_stage: type = GenerateStage
         generate_kwargs["resources"] = resources.resources
     dataset = dataset.map_batches(
         generate_stage,
-        fn_constructor_kwargs={"spec": spec, "ledger_name": ledger_name},
+        # The model actors never touch the output: its credentials stay on the driver.
+        fn_constructor_kwargs={"spec": spec.without_output_credentials(),
+                               "ledger_name": ledger_name},
         batch_format="pyarrow",
         batch_size=batch_size,
         compute=ActorPoolStrategy(size=spec.resources.workers),

@@ -92,6 +92,12 @@ def worker_resources(spec: Any, joined_cluster: bool = False) -> WorkerResources
 # ------------------------------------------------------------------ the run
 
 
+def actor_start_timeout_s() -> int:
+    """How long a run waits for its model actors to start before it fails (default 1 h:
+    GPU nodes of an autoscaling cluster can take that long to come up)."""
+    return int(os.environ.get(ACTOR_START_TIMEOUT_ENV, "3600"))
+
+
 @contextlib.contextmanager
 def ray_data_settings() -> Iterator[None]:
     """Ray Data settings for one job run from this driver, restored when it ends."""
@@ -101,7 +107,7 @@ def ray_data_settings() -> Iterator[None]:
     # Start every generate actor (model loaded) before rows flow, so work spreads over
     # all of them and a cluster that cannot place them fails with a message, not a hang.
     settings = {"enable_progress_bars": False, "print_on_execution_start": False,
-                "wait_for_min_actors_s": int(os.environ.get(ACTOR_START_TIMEOUT_ENV, "3600"))}
+                "wait_for_min_actors_s": actor_start_timeout_s()}
     saved_settings = {name: getattr(context, name) for name in settings}
     saved_levels = {name: logging.getLogger(name).level for name in _QUIET_LOGGERS}
     for name, value in settings.items():

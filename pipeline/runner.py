@@ -40,7 +40,12 @@ from pipeline.output_lock import OutputLock, lock_for_output
 from pipeline.plan import JobPlan, plan_job
 from pipeline.preflight import validate_job
 from pipeline.progress import Progress
-from pipeline.ray_setup import ensure_ray, ray_data_settings
+from pipeline.ray_setup import (
+    ACTOR_START_TIMEOUT_ENV,
+    actor_start_timeout_s,
+    ensure_ray,
+    ray_data_settings,
+)
 from pipeline.report import REPORT_NAME, ActorTiming, RunTally, build_report, write_report
 from pipeline.stages import (
     STATUS_ERROR,
@@ -242,7 +247,7 @@ def _stream(run: _Run, after_shard: AfterShard | None) -> None:
             pass
         _write_run_report(run, "failed")
         raise JobError(f"the pipeline failed after {writer.rows_written} row(s) were written "
-                       f"(rerun to resume): {_concise(error)}") from error
+                       f"(rerun to resume): {_explain(run.spec, error)}") from error
     progress.finish()
     if run.tally.rows != run.plan.to_process:
         raise JobError(f"the pipeline returned {run.tally.rows} row(s) but "
@@ -341,6 +346,22 @@ def _metadata(spec: Any, run_id: str) -> dict[bytes, bytes]:
     )
 
 
+def _explain(spec: Any, error: BaseException) -> str:
+    """`error` in one line, with what to do where Ray's own words do not say it."""
+    if "Timed out while starting actors" in str(error):
+        timeout = actor_start_timeout_s()
+        return (f"the cluster did not start the {spec.resources.workers} model actor(s) this "
+                f"job asks for within {timeout} s ({ACTOR_START_TIMEOUT_ENV}): check that "
+                "enough nodes with the resources each one needs (resources.gpus_per_worker, "
+                "cpus_per_worker, accelerator_resource) are up (`ray status`), lower "
+                f"resources.workers, or wait longer by setting {ACTOR_START_TIMEOUT_ENV}")
+    return _concise(error)
+
+
+_RAY_ADVICE = ("Failed to apply UDF transform", "To change retry attempts",
+               "ray.exceptions.UserCodeException: UDF failed", "UserCodeException: UDF failed")
+
+
 def _concise(error: BaseException) -> str:
     """The error that matters in a (possibly Ray-wrapped) error, in one line.
 
@@ -354,8 +375,12 @@ def _concise(error: BaseException) -> str:
     cause = getattr(error, "cause", None)
     if isinstance(cause, BaseException) and cause is not error:
         return _concise(cause)
-    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
-    text = lines[-1] if lines else type(error).__name__
+    # Ray Data appends its own advice after the error ("Failed to apply UDF transform
+    # after 1/1 attempts ...", "To change retry attempts ..."): not what went wrong.
+    lines = [line.strip() for line in str(error).strip().splitlines()
+             if line.strip() and not line.strip().startswith(_RAY_ADVICE)]
+    raised = [line for line in lines if re.match(r"^[A-Za-z_.]*(Error|Exception): ", line)]
+    text = (raised or lines or [type(error).__name__])[-1]
     if ":" not in text:
         text = f"{type(error).__name__}: {text}"
     return text[:1000]

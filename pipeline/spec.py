@@ -367,6 +367,11 @@ class JobSpec(_Section):
             },
         }
 
+    def without_output_credentials(self) -> JobSpec:
+        """This job without the output's storage options: what the model actors get (they
+        never touch the output), so its keys travel in no task."""
+        return self.model_copy(update={"output": self.output.model_copy(update={"storage_options": {}})})
+
     def secret_values(self) -> list[str]:
         """Credential values in the job, for scrubbing them out of any message printed."""
         return secret_values(self.input.storage_options) + secret_values(self.output.storage_options)

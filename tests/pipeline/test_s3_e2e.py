@@ -53,6 +53,24 @@ def _worker_environment(ray_cluster) -> dict[str, str | None]:
     return ray.get(read_environment.remote())
 
 
+def _ray_session_files() -> dict[str, str]:
+    """Every file of the Ray session this process is connected to: its logs (driver,
+    workers, raylets, GCS), its runtime-env and spill folders."""
+    import ray
+
+    session = Path(ray._private.worker._global_node.get_session_dir_path())
+    assert session.is_dir()
+    files = {}
+    for path in session.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            try:
+                files[f"Ray session file {path}"] = path.read_bytes().decode("latin-1")
+            except OSError:  # sockets and files that vanish while we read
+                continue
+    assert any("worker" in name for name in files), sorted(files)[:20]  # the logs are there
+    return files
+
+
 def _upload_input(server: S3Server, bucket: str) -> list[str]:
     """Two Parquet shards of generated images under ``in/``; one row's bytes are broken and
     three rows hold only a relative path to an image object beside the shards."""
@@ -140,6 +158,7 @@ def test_job_reads_and_writes_s3_and_leaks_no_credentials(
     places = {path: data.decode("latin-1") for path, data in objects.items()}
     places["returned report"] = json.dumps([report, rerun], default=str)
     places["stdout"], places["stderr"] = printed.out, printed.err
+    places.update(_ray_session_files())
     for place, text in places.items():
         for secret in secrets:
             assert secret not in text, f"a credential appears in {place}"

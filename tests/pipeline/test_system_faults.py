@@ -191,3 +191,23 @@ def test_the_crash_ledger_blames_the_row_in_progress_at_each_death():
     assert ledger.begin_batch("b") == {"y": 2}
     ledger.end_batch("b")
     assert ledger.begin_batch("b") is None  # a finished batch starts clean
+
+
+def test_actors_that_cannot_all_start_fail_the_job_with_what_to_do(ray_cluster, tmp_path: Path):
+    """Three model actors on a cluster with two accelerator slots: the third never starts.
+
+    Through the command line: the actors that did start live until their driver exits.
+    """
+    from pipeline.ray_setup import ACTOR_START_TIMEOUT_ENV
+
+    overrides = [*OVERRIDES, "resources.workers=3", "input.limit=4",
+                 f"output.path={tmp_path / 'out'}", f"ray.address={ray_cluster.address}"]
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("zipvl-batch")), "run", str(CAPTIONS_JOB),
+         *(part for override in overrides for part in ("--set", override))],
+        env={**os.environ, ACTOR_START_TIMEOUT_ENV: "5"}, capture_output=True, text=True,
+        timeout=300)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert (f"did not start the 3 model actor(s) this job asks for within 5 s "
+            f"({ACTOR_START_TIMEOUT_ENV})") in done.stderr, done.stderr[-3000:]
+    assert not list((tmp_path / "out").glob("part-*"))
