@@ -26,6 +26,7 @@ from pipeline.errors import JobError, SystemFault, TooManyErrors, first_line
 from pipeline.fault_injection import AfterShard
 from pipeline.fingerprint import check_fingerprint
 from pipeline.inputs import input_files, storage_options_for
+from pipeline.model_revision import with_pinned_revision
 from pipeline.output import (
     ExistingOutput,
     ShardWriter,
@@ -74,6 +75,7 @@ def run_job(spec: Any, job_file: str | None = None, generate_stage: type = Gener
     problems = validate_job(spec)
     if problems:
         raise JobError("the job cannot run:\n" + "\n".join(f"  {line}" for line in problems))
+    spec = with_pinned_revision(spec)  # before anything loads the model: one commit for all
     started_ray = ensure_ray(spec)
     try:
         # After ensure_ray: ray.init replaces the SIGTERM handler with its own.

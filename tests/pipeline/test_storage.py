@@ -307,3 +307,26 @@ def test_workers_get_the_drivers_keys_only_where_they_cannot_find_their_own(
     shipped = _constructor_arguments(joined.filesystem())
     assert (shipped["access_key"], shipped["secret_key"]) == ("id-from-env", "secret-from-env")
     assert "secret-from-env" not in repr(joined)
+
+
+def test_a_profiles_credentials_are_read_again_after_the_refresh_period(aws_isolated, monkeypatch,
+                                                                        tmp_path):
+    """Temporary credentials rotated into a profile reach a long-running process."""
+    config, credentials = tmp_path / "aws-config", tmp_path / "aws-credentials"
+    config.write_text("[profile rotating]\nregion = eu-west-1\n")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(credentials))
+
+    def keys_now() -> tuple[str, str]:
+        arguments = _constructor_arguments(
+            storage.resolve_filesystem("s3://bucket/key", {"profile": "rotating"})[0])
+        return arguments["access_key"], arguments["session_token"]
+
+    credentials.write_text("[rotating]\naws_access_key_id = first-id\n"
+                           "aws_secret_access_key = first-secret\naws_session_token = first-token\n")
+    assert keys_now() == ("first-id", "first-token")
+    credentials.write_text("[rotating]\naws_access_key_id = second-id\n"
+                           "aws_secret_access_key = second-secret\naws_session_token = second-token\n")
+    assert keys_now() == ("first-id", "first-token")  # within the period: the cached filesystem
+    monkeypatch.setattr(storage, "PROFILE_REFRESH_SECONDS", 1e-6)  # every call: a new period
+    assert keys_now() == ("second-id", "second-token")
