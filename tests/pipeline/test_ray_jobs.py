@@ -11,6 +11,7 @@ interrupted; the same submission then finishes the job: every id exactly once.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -70,11 +71,16 @@ def job_server():
                 time.sleep(1)
         yield url, environment
     finally:
-        os.killpg(head.pid, signal.SIGTERM)  # --block stops the head's processes with it
+        # The head's processes share the group of `ray start --block`; a graceful Ray stop
+        # takes half a minute, and nothing of this head is worth keeping.
+        os.killpg(head.pid, signal.SIGTERM)
         try:
-            head.wait(timeout=60)
+            head.wait(timeout=5)
         except subprocess.TimeoutExpired:
+            pass
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(head.pid, signal.SIGKILL)
+        head.wait(timeout=60)
 
 
 def _ray(environment: dict, *arguments: str) -> str:
