@@ -22,22 +22,32 @@ _QUIET_LOGGERS = ("ray.data._internal.progress", "ray.data._internal.execution.s
 ACTOR_START_TIMEOUT_ENV = "ZIPVL_BATCH_ACTOR_START_TIMEOUT_S"
 
 
-def ensure_ray(spec: Any) -> bool:
-    """Connect to (or start) Ray as the job says; returns whether this call started it."""
+@dataclass(frozen=True)
+class RayConnection:
+    """How this run reached Ray: whether it connected (and so disconnects at the end),
+    and whether the cluster was there before it (`joined`) rather than a private one it
+    started (see ``worker_resources`` and ``storage_access``)."""
+
+    connected_here: bool
+    joined: bool
+
+
+def ensure_ray(spec: Any) -> RayConnection:
+    """Connect to (or start) Ray as the job says."""
     import ray
 
-    if ray.is_initialized():
-        return False
+    if ray.is_initialized():  # the caller connected: to a cluster, as far as we know
+        return RayConnection(connected_here=False, joined=True)
     address = spec.ray.address or os.environ.get("RAY_ADDRESS") or None
     common = {"include_dashboard": False, "configure_logging": True, "logging_level": "WARNING"}
     if address:
         ray.init(address=address, **common)
-    else:
-        # "local" always starts a private Ray: a bare ray.init() would join whichever
-        # Ray was last started on this machine (someone else's job, say).
-        ray.init(address="local", num_cpus=spec.ray.num_cpus,
-                 resources=dict(spec.ray.resources) or None, **common)
-    return True
+        return RayConnection(connected_here=True, joined=True)
+    # "local" always starts a private Ray: a bare ray.init() would join whichever
+    # Ray was last started on this machine (someone else's job, say).
+    ray.init(address="local", num_cpus=spec.ray.num_cpus,
+             resources=dict(spec.ray.resources) or None, **common)
+    return RayConnection(connected_here=True, joined=False)
 
 
 @dataclass(frozen=True)

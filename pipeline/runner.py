@@ -76,14 +76,14 @@ def run_job(spec: Any, job_file: str | None = None, generate_stage: type = Gener
     if problems:
         raise JobError("the job cannot run:\n" + "\n".join(f"  {line}" for line in problems))
     spec = with_pinned_revision(spec)  # before anything loads the model: one commit for all
-    started_ray = ensure_ray(spec)
+    connection = ensure_ray(spec)
     try:
         # After ensure_ray: ray.init replaces the SIGTERM handler with its own.
         with handled_stop_signals():
-            return _run(spec, job_file, generate_stage, after_shard, joined_cluster=not started_ray,
-                        retry_errors=retry_errors)
+            return _run(spec, job_file, generate_stage, after_shard,
+                        joined_cluster=connection.joined, retry_errors=retry_errors)
     finally:
-        if started_ray:
+        if connection.connected_here:
             import ray
 
             ray.shutdown()

@@ -211,3 +211,18 @@ def test_actors_that_cannot_all_start_fail_the_job_with_what_to_do(ray_cluster, 
     assert (f"did not start the 3 model actor(s) this job asks for within 5 s "
             f"({ACTOR_START_TIMEOUT_ENV})") in done.stderr, done.stderr[-3000:]
     assert not list((tmp_path / "out").glob("part-*"))
+
+
+def test_a_cluster_joined_by_address_is_not_mistaken_for_a_private_ray(ray_cluster, tmp_path: Path):
+    """`ray.address` from the command line joins the cluster: `gpus_per_worker: auto` on a
+    cluster without GPUs is the joined-cluster error, not a quiet CPU run."""
+    overrides = ["resources.workers=1", f"resources.accelerator_resource={ACCELERATOR}",
+                 "input.limit=2", f"output.path={tmp_path / 'out'}",
+                 f"ray.address={ray_cluster.address}"]
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("zipvl-batch")), "run", str(CAPTIONS_JOB),
+         *(part for override in overrides for part in ("--set", override))],
+        capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "resources.gpus_per_worker: auto, but the Ray cluster this job joined has no GPU" \
+        in done.stderr, done.stderr[-3000:]
