@@ -98,8 +98,14 @@ def test_a_run_whose_lease_was_taken_over_stops(kind, tmp_path, s3_server):
     lock = OutputLock(store, "slow", 0.4, "the output")
     lock.acquire()
     lock.check()  # still ours
-    _, token = store.read()
-    assert store.replace(lease("taker", host="elsewhere"), token) is not None
+    # The holder's heartbeat renews every 0.1 s: a renewal between the read and the
+    # replace makes the token stale, so try again, as a real taker would.
+    for _ in range(50):
+        _, token = store.read()
+        if store.replace(lease("taker", host="elsewhere"), token) is not None:
+            break
+    else:
+        pytest.fail("the lease could not be replaced")
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
         try:
