@@ -1,10 +1,10 @@
 """The read stage: the mapped columns of the rows still to do, one row group at a time.
 
 A Ray Data ``Datasource`` over ``input_index`` fragments: each read task opens its
-files on the worker (each row group's read retried through transient storage failures,
-``storage_options.max_attempts`` tries) (``storage_access``: no frozen credentials in the task where the
-workers find their own), reads the job's columns of its row groups only, keeps the
-rows still to do, and writes every id in its canonical form. A duplicate's id becomes
+files on the worker (``storage_access``: no frozen credentials in the task where the
+workers find their own), reads the job's columns of its row groups only (each row
+group retried through transient storage failures, ``storage_options.max_attempts``
+tries), keeps the rows still to do, and writes every id in its canonical form. A duplicate's id becomes
 its stand-in, and ``DUPLICATE_COLUMN`` says where the id was first seen (the decode
 stage turns that row into a ``duplicate_id`` error row).
 """

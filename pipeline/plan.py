@@ -72,12 +72,11 @@ def plan_job(spec: Any, done_ids: pa.Array, generate_stage: type = GenerateStage
     columns = spec.input.columns
     selected = list(dict.fromkeys(n for n in (columns.id, columns.image, columns.video, columns.prompt) if n))
     index = index_input(input_fs, files, columns.id, done_ids, spec.input.limit)
-    access = storage_access(spec.input.path, storage_options_for(spec.input.storage_options),
-                            joined_cluster)
+    input_options = storage_options_for(spec.input.storage_options)
+    access = storage_access(spec.input.path, input_options, joined_cluster)
     if not index.fragments:
         return JobPlan(dataset=None, input_rows=index.input_rows, skipped=index.done_rows,
                        duplicates=index.duplicate_rows)
-    input_options = storage_options_for(spec.input.storage_options)
     dataset = ray.data.read_datasource(RemainingRows(access, selected, columns.id, index.fragments,
                                                      max_attempts(input_options)))
 
@@ -86,7 +85,7 @@ def plan_job(spec: Any, done_ids: pa.Array, generate_stage: type = GenerateStage
     dataset = dataset.repartition(target_num_rows_per_block=batch_size)
     retries = MAX_ATTEMPTS - 1
     dataset = dataset.map_batches(
-        _decode_stage(spec, access, ledger_name),
+        _decode_stage(spec, access, input_options, ledger_name),
         batch_format="pyarrow",
         batch_size=batch_size,
         compute=TaskPoolStrategy(size=spec.resources.decode_workers),
@@ -120,9 +119,9 @@ def plan_job(spec: Any, done_ids: pa.Array, generate_stage: type = GenerateStage
                    duplicates=index.duplicate_rows)
 
 
-def _decode_stage(spec: Any, access: StorageAccess, ledger_name: str | None) -> DecodeStage:
+def _decode_stage(spec: Any, access: StorageAccess, options: dict[str, Any] | None,
+                  ledger_name: str | None) -> DecodeStage:
     columns = spec.input.columns
-    options = storage_options_for(spec.input.storage_options)
     return DecodeStage(
         id_column=columns.id,
         image_column=columns.image,

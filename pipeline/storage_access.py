@@ -52,8 +52,9 @@ def _shipped_filesystem(settings: S3Settings) -> pafs.FileSystem:
     return _SHIPPED[settings]
 
 
-def _credential_source(storage_options: dict[str, Any] | None) -> str:
-    return resolve_s3_settings(storage_options).credential_source
+def _described(storage_options: dict[str, Any] | None) -> str:
+    """Endpoint, region and where the credentials come from (no secret in it)."""
+    return resolve_s3_settings(storage_options).describe()
 
 
 def storage_access(uri: str, storage_options: dict[str, Any] | None,
@@ -67,17 +68,19 @@ def storage_access(uri: str, storage_options: dict[str, Any] | None,
     if not is_s3(uri):
         return StorageAccess(uri, storage_options)
     settings = resolve_s3_settings(storage_options)
-    driver_found_them = settings.found_by_sdk or settings.credential_source.startswith("AWS profile")
-    if not driver_found_them or not joined_cluster:
+    # Keys the job gives travel in its options anyway; with none (anonymous, or the SDK's
+    # own chain on both sides) there is nothing to send.
+    given_by_job = bool(storage_options) and storage_options.get("access_key") is not None
+    if settings.access_key is None or given_by_job or not joined_cluster:
         return StorageAccess(uri, storage_options)
     import ray
 
-    worker_source = ray.get(ray.remote(num_cpus=0)(_credential_source).remote(storage_options))
-    if worker_source == settings.credential_source:
+    worker_view = ray.get(ray.remote(num_cpus=0)(_described).remote(storage_options))
+    if worker_view == settings.describe():
         return StorageAccess(uri, storage_options)
-    print(f"[zipvl-batch] warning: the Ray workers do not find the credentials for {uri} "
-          f"(they would use {worker_source}); the driver's, from "
-          f"{settings.credential_source}, are sent with the tasks and cannot be refreshed "
+    print(f"[zipvl-batch] warning: the Ray workers do not reach {uri} as the driver does "
+          f"(they would use {worker_view}); the driver's settings, "
+          f"{settings.describe()}, are sent with the tasks and cannot be refreshed "
           "during the job. Give the nodes their own (an instance or pod role, or the "
           "environment) to avoid this.", file=sys.stderr)
     shipped = dataclasses.replace(settings, found_by_sdk=False)
