@@ -3,9 +3,8 @@
 An image cell is one of the shapes datasets hold images in: raw encoded bytes,
 the ``{"bytes": ..., "path": ...}`` struct that Hugging Face ``datasets``
 writes (bytes win when present), or a path / URI string (local or ``s3://``,
-read through ``pipeline.storage``). A video cell is bytes or a path / URI; PyAV
-decodes it and ``num_frames`` evenly spaced frames (the centres of equal time
-segments, as LLaVA-style video evaluation samples them) become its images.
+read through ``pipeline.storage``). Video cells take the same shapes; their
+frames are ``pipeline.video``'s job, on top of ``read_cell_bytes`` and ``MediaError``.
 
 Every failure is a ``MediaError`` whose message says what was wrong with the
 cell, so the pipeline can turn it into an error row instead of failing a job.
@@ -26,11 +25,10 @@ from pipeline.errors import SystemFault, first_line
 from pipeline.redaction import redact_url, redact_urls_in
 from pipeline.retries import DEFAULT_ATTEMPTS, is_transient, with_retries
 
-# Caps on one media cell, so that one row cannot exhaust a decode worker (pixel counts
-# are capped by Pillow's decompression-bomb limit, read from the image header).
+# Caps on one media cell, so that one row cannot exhaust a decode worker (an image's
+# pixel count is capped by Pillow's decompression-bomb limit, read from its header;
+# a video's caps are in pipeline.video).
 MAX_MEDIA_BYTES = 1024**3
-MAX_VIDEO_SECONDS = 4 * 3600
-MAX_VIDEO_FRAMES = 1_000_000
 
 # Bytes of a cell shown in messages: enough to recognise "not an image" cases.
 _PREVIEW_BYTES = 16
@@ -126,37 +124,6 @@ def decode_image(
     return to_rgb(image)
 
 
-def decode_video(
-    cell: Any,
-    num_frames: int,
-    *,
-    base_dir: str | None = None,
-    reader: MediaReader | None = None,
-) -> list[Image.Image]:
-    """`num_frames` evenly spaced RGB frames of the video in `cell` (fewer if it is shorter)."""
-    if num_frames < 1:
-        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
-    data = read_cell_bytes(cell, base_dir=base_dir, reader=reader)
-    import av  # imported here: image-only jobs never need PyAV
-
-    try:
-        with av.open(io.BytesIO(data), mode="r") as container:
-            if not container.streams.video:
-                raise MediaError("the video cell holds no video stream")
-            stream = container.streams.video[0]
-            frames = _sample_frames(container, stream, num_frames, data)
-    except MediaError:
-        raise
-    except Exception as error:
-        raise MediaError(
-            f"cannot decode video ({len(data)} bytes, starting {data[:_PREVIEW_BYTES]!r}): "
-            f"{type(error).__name__}: {error}"
-        ) from None
-    if not frames:
-        raise MediaError("the video has no decodable frames")
-    return frames
-
-
 def read_cell_bytes(cell: Any, *, base_dir: str | None = None, reader: MediaReader | None = None) -> bytes:
     """The encoded bytes a media cell refers to (see the module docstring for the shapes).
 
@@ -221,73 +188,3 @@ def _read_path(path: str, base_dir: str | None, reader: MediaReader | None) -> b
     if not data:
         raise MediaError(f"media file is empty: {location}")
     return data
-
-
-def _sample_frames(container: Any, stream: Any, num_frames: int, data: bytes) -> list[Image.Image]:
-    """The frames on screen at the centres of `num_frames` equal time segments."""
-    duration = _duration_seconds(container, stream)
-    if duration is None or duration <= 0:
-        return _sample_frames_sequentially(container, stream, num_frames, data)
-    if duration > MAX_VIDEO_SECONDS:
-        raise MediaError(f"the video lasts {duration:.0f} s, over the {MAX_VIDEO_SECONDS} s cap")
-    targets = [duration * (index + 0.5) / num_frames for index in range(num_frames)]
-    time_base = float(stream.time_base)
-    start = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
-    frames: list[Image.Image] = []
-    last_pts: int | None = None
-    for target in targets:
-        # Seek to the keyframe before the target, then decode forward: the answer is
-        # the last frame that starts at or before the target.
-        container.seek(int((start + target) / time_base), stream=stream, backward=True)
-        chosen = None
-        for frame in container.decode(stream):
-            if frame.pts is None:
-                continue
-            if chosen is not None and frame.pts * time_base - start > target + 1e-6:
-                break
-            chosen = frame
-        if chosen is None or chosen.pts == last_pts:
-            # Short videos: several targets land on the same frame; keep it once.
-            continue
-        last_pts = chosen.pts
-        frames.append(chosen.to_image().convert("RGB"))
-    return frames
-
-
-def _sample_frames_sequentially(container: Any, stream: Any, num_frames: int,
-                                data: bytes) -> list[Image.Image]:
-    """Fallback when the container reports no duration (a raw stream, a broken header).
-
-    Two passes so memory stays at ``num_frames`` frames whatever the length: count the
-    packets (demuxing only, at most ``MAX_VIDEO_FRAMES``), then decode from the start
-    and keep the frames at the centres of equal segments (reopened: raw streams cannot seek).
-    """
-    count = 0
-    for packet in container.demux(stream):
-        if packet.size:
-            count += 1
-            if count > MAX_VIDEO_FRAMES:
-                raise MediaError(f"the video has more than {MAX_VIDEO_FRAMES} frames and no "
-                                 "duration in its header: too long to sample safely")
-    import av
-
-    wanted = sorted({int((index + 0.5) * count / num_frames) for index in range(num_frames)}) \
-        if count > num_frames else list(range(count))
-    chosen: list[Image.Image] = []
-    with av.open(io.BytesIO(data), mode="r") as again:
-        for index, frame in enumerate(again.decode(again.streams.video[0])):
-            if index in wanted:
-                chosen.append(frame.to_image().convert("RGB"))
-                if len(chosen) == len(wanted):
-                    break
-    return chosen
-
-
-def _duration_seconds(container: Any, stream: Any) -> float | None:
-    if stream.duration is not None and stream.time_base is not None:
-        return float(stream.duration * stream.time_base)
-    if container.duration is not None:
-        import av
-
-        return container.duration / av.time_base
-    return None

@@ -31,10 +31,11 @@ from PIL import Image
 from pipeline.crash_ledger import WORKER_DIED_KIND, guarded
 from pipeline.errors import SystemFault, first_line
 from pipeline.input_index import DUPLICATE_COLUMN
-from pipeline.media import MediaError, MediaReader, decode_image, decode_video
+from pipeline.media import MediaError, MediaReader, decode_image
 from pipeline.output import OUTPUT_COLUMNS, OUTPUT_SCHEMA
 from pipeline.redaction import redact_urls_in
 from pipeline.row_ids import canonical_ids
+from pipeline.video import FrameSampling, decode_video
 
 STATUS_OK = "ok"
 STATUS_ERROR = "error"
@@ -151,7 +152,8 @@ class DecodeStage:
 
     def _decode(self, image_cell: Any, video_cell: Any) -> list[Image.Image]:
         if video_cell is not None:
-            return decode_video(video_cell, self.video_frames, base_dir=self.base_dir, reader=self.reader)
+            return decode_video(video_cell, FrameSampling(num_frames=self.video_frames),
+                                base_dir=self.base_dir, reader=self.reader).frames
         if self.image_column is None:
             raise MediaError(f"the video cell (column {self.video_column!r}) is empty (null)")
         return [decode_image(image_cell, base_dir=self.base_dir, reader=self.reader)]

@@ -25,10 +25,10 @@ from PIL import Image
 import zipvl
 from pipeline.errors import JobError
 from pipeline.job_file import load_job
-from pipeline.media import decode_video
 from pipeline.report import REPORT_NAME, RUNS_DIR
 from pipeline.runner import run_job
 from pipeline.sample_data import BROKEN_ROWS, DEFAULT_DIR, IMAGE_TYPE
+from pipeline.video import FrameSampling, decode_video
 from tests.conftest import ACCELERATOR, CAPTIONS_JOB, JobRun, read_output
 from zipvl.testing import build_inputs, load_processor, tiny_model_path
 
@@ -295,8 +295,8 @@ def test_videos_and_questions_with_qwen2_vl(ray_cluster, tmp_path: Path):
     source = rows_by_id(pa.concat_tables(pq.read_table(path) for path in sorted(data.glob("*.parquet")))
                                         .rename_columns(["id", "picture", "clip", "q"]))
     media = {
-        "video-bytes": decode_video(source["video-bytes"]["clip"]["bytes"], 4),
-        "video-path": decode_video((data / "media" / "clip.mp4").read_bytes(), 4),
+        "video-bytes": decode_video(source["video-bytes"]["clip"]["bytes"], FrameSampling(4)).frames,
+        "video-path": decode_video((data / "media" / "clip.mp4").read_bytes(), FrameSampling(4)).frames,
         "image-bytes": [Image.open(io.BytesIO(source["image-bytes"]["picture"]["bytes"])).convert("RGB")],
         "image-path": [Image.open(data / "media" / "photo.png").convert("RGB")],
     }

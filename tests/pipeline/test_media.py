@@ -1,4 +1,4 @@
-"""Media decoding: every image cell shape, real videos encoded with PyAV, broken cells.
+"""Media decoding: every image cell shape, broken cells, the decode stage (videos: test_video.py).
 
 References are independent of ``pipeline.media``: pixels come from the PIL
 image that was encoded, and a video's frames are identified by the grey level
@@ -16,8 +16,9 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from pipeline.media import MediaError, MediaReader, decode_image, decode_video, read_cell_bytes
+from pipeline.media import MediaError, MediaReader, decode_image, read_cell_bytes
 from pipeline.stages import DecodeStage, pack_frames, unpack_frames
+from pipeline.video import FrameSampling, decode_video
 
 
 def picture(seed: int, size: tuple[int, int] = (40, 24)) -> Image.Image:
@@ -134,41 +135,6 @@ def test_a_reader_serves_path_cells(tmp_path: Path):
     assert calls == [str(tmp_path / "x.png")]
 
 
-# ------------------------------------------------------------------ videos
-
-
-@pytest.mark.parametrize(("num_frames", "wanted"), [(24, 6), (10, 4), (17, 8)])
-def test_video_frames_are_the_ones_on_screen_at_segment_centres(num_frames: int, wanted: int):
-    frames = decode_video(encode_video(num_frames), wanted)
-    # Frame i is on screen during [i, i + 1) frame periods.
-    expected = [int((k + 0.5) * num_frames / wanted) for k in range(wanted)]
-    assert all(frame.mode == "RGB" and frame.size == (32, 24) for frame in frames)
-    assert [frame_index(frame) for frame in frames] == expected
-
-
-def test_short_video_gives_each_frame_once():
-    frames = decode_video(encode_video(3), 8)
-    assert [frame_index(frame) for frame in frames] == [0, 1, 2]
-
-
-def test_video_from_a_path_cell(tmp_path: Path):
-    (tmp_path / "clip.mp4").write_bytes(encode_video(8))
-    frames = decode_video({"bytes": None, "path": "clip.mp4"}, 4, base_dir=str(tmp_path))
-    assert len(frames) == 4
-
-
-@pytest.mark.parametrize(("cell", "message"), [(b"\x00" * 64, "cannot decode video"), (None, "empty (null)")])
-def test_broken_videos_raise_media_error(cell, message):
-    with pytest.raises(MediaError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        decode_video(cell, 4)
-
-
-def test_truncated_video_is_an_error_not_a_crash():
-    data = encode_video(16)
-    with pytest.raises(MediaError):
-        decode_video(data[: len(data) // 4], 4)
-
-
 # ------------------------------------------------------------------ the decode stage
 
 
@@ -239,25 +205,11 @@ def test_a_presigned_url_s_signature_never_reaches_the_error_row():
     assert "X-Amz" not in error and "AKIAEXAMPLE" not in error and "0123456789abcdef" not in error
 
 
-def test_a_video_without_duration_is_sampled_evenly_in_two_passes(monkeypatch):
-    import pipeline.media as media
-
-    data = encode_video(12, container_format="h264")
-    frames = decode_video(data, 4)
-    # Centres of 4 equal segments of 12 frames: 1.5, 4.5, 7.5, 10.5 -> frames 1, 4, 7, 10.
-    assert [frame_index(frame) for frame in frames] == [1, 4, 7, 10]
-    monkeypatch.setattr(media, "MAX_VIDEO_FRAMES", 5)
-    with pytest.raises(MediaError, match="more than 5 frames and no duration"):
-        decode_video(data, 4)
-
-
 def test_media_cells_over_the_caps_are_media_errors(monkeypatch):
     import pipeline.media as media
 
     monkeypatch.setattr(media, "MAX_MEDIA_BYTES", 100)
     with pytest.raises(MediaError, match=r"holds \d+ bytes, over the 100-byte cap"):
         decode_image(png_bytes(picture(1)))
-    monkeypatch.setattr(media, "MAX_MEDIA_BYTES", 1024**3)
-    monkeypatch.setattr(media, "MAX_VIDEO_SECONDS", 1)
-    with pytest.raises(MediaError, match=r"lasts 2 s, over the 1 s cap"):
-        decode_video(encode_video(16, fps=8), 4)
+    with pytest.raises(MediaError, match=r"holds \d+ bytes, over the 100-byte cap"):
+        decode_video(encode_video(16, fps=8), FrameSampling(num_frames=4))
