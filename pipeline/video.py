@@ -159,9 +159,9 @@ def _header_duration(container: Any, stream: Any) -> float | None:
 
 
 def _measured_duration(container: Any, stream: Any) -> float:
-    """Seconds from the first packet's start to the last one's end (demuxing only)."""
+    """Seconds from the stream's start to the last packet's end (demuxing only)."""
     clock = _Clock(stream)
-    count, first, end = 0, None, 0.0
+    count, end = 0, 0.0
     for packet in container.demux(stream):
         if not packet.size:
             continue
@@ -169,10 +169,8 @@ def _measured_duration(container: Any, stream: Any) -> float:
         if count > MAX_VIDEO_FRAMES:
             raise MediaError(f"the video has more than {MAX_VIDEO_FRAMES} frames and no "
                              "duration in its header: too long to sample safely")
-        time, length = clock.time_and_length(packet)
-        first = time if first is None else min(first, time)
-        end = max(end, time + length)
-    return 0.0 if first is None else end - min(first, 0.0)
+        end = max(end, sum(clock.time_and_length(packet)))
+    return end
 
 
 class _Clock:
