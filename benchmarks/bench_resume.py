@@ -99,6 +99,8 @@ def _write_output(filesystem, prefix: str, ids: list[str]) -> None:
             "output_tokens": pa.array([8] * count, pa.int32()),
             "kept_ratio": pa.nulls(count, pa.float64()), "model": ["tiny-llava"] * count,
             "method": ["dense"] * count,
+            "frame_timestamps": pa.nulls(count, pa.list_(pa.float64())),
+            "video_duration": pa.nulls(count, pa.float64()),
         }, OUTPUT_SCHEMA)
         pq.write_table(table, f"{prefix}/part-fabricated-{number:05d}.parquet",
                        filesystem=filesystem, compression="zstd")

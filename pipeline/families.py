@@ -46,16 +46,27 @@ class ModelFamily:
     # max_image_tokens caps its visual tokens (its processor resizes to a pixel budget;
     # LLaVA-1.5 has a fixed count and LLaVA-NeXT's follows its grid pinpoints).
     caps_image_tokens: bool = False
-    # Loaded instead of the stock processor when torchvision does not import.
+    # Loaded instead of the stock processor when torchvision does not import (then with
+    # the torchvision-free video processor of pipeline.video_processing attached).
     image_only_processor: type[ProcessorMixin] | None = None
+    # It reads video as video ({"type": "video"} content and its own video processor);
+    # otherwise a video's frames reach it as images.
+    native_video: bool = False
+    # Its video frame count must be a multiple of this (Qwen2-VL's temporal patches
+    # take frames in pairs; the processor would pad an odd count with a copy).
+    video_frame_multiple: int = 1
 
 
 FAMILIES: dict[str, ModelFamily] = {family.model_type: family for family in (
     ModelFamily("llava"),
     ModelFamily("llava_next"),
-    ModelFamily("qwen2_vl", caps_image_tokens=True, image_only_processor=Qwen2VLImageOnlyProcessor),
+    ModelFamily("llava_next_video", native_video=True),
+    ModelFamily("llava_onevision", native_video=True),
+    ModelFamily("qwen2_vl", caps_image_tokens=True, image_only_processor=Qwen2VLImageOnlyProcessor,
+                native_video=True, video_frame_multiple=2),
     ModelFamily("qwen2_5_vl", caps_image_tokens=True,
-           image_only_processor=Qwen2_5_VLImageOnlyProcessor),
+                image_only_processor=Qwen2_5_VLImageOnlyProcessor, native_video=True,
+                video_frame_multiple=2),
 )}
 MODEL_TYPES: tuple[str, ...] = tuple(FAMILIES)
 

@@ -2,7 +2,7 @@
 
 The first run on an output folder records ``.zipvl/fingerprint.json``: the model
 (preset or checkpoint, revision, family, dtype, image-token cap), the task and its
-prompt, the generation settings, the ZipVL config, and the input column mapping.
+prompt, the video sampling, the generation settings, the ZipVL config, and the input column mapping.
 A later run whose fingerprint differs refuses (``JobChanged``, exit 1) with the
 fields that changed: resuming a caption job with another model or prompt would
 mix two models' answers in one dataset, and nothing else would say so.
@@ -21,7 +21,7 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from pipeline.errors import JobError
-from pipeline.output import read_json, write_bytes_atomically
+from pipeline.output import OUTPUT_COLUMNS, read_json, write_bytes_atomically
 
 FINGERPRINT_NAME = ".zipvl/fingerprint.json"
 
@@ -38,9 +38,12 @@ def job_fingerprint(spec: Any) -> dict[str, Any]:
         "model": {name: settings[name] for name in ("preset", "tiny", "name_or_path", "revision",
                                                     "family", "dtype", "max_image_tokens")},
         "task": spec.task.model_dump(mode="json"),
+        "video": spec.video.model_dump(mode="json"),
         "generation": spec.generation.model_dump(mode="json"),
         "zipvl": "dense" if config is None else config.to_dict(),
         "input_columns": spec.input.columns.model_dump(mode="json"),
+        # Rows written under another schema do not belong in one dataset with these.
+        "output_columns": list(OUTPUT_COLUMNS),
     }
 
 

@@ -25,7 +25,7 @@ from PIL import Image
 from transformers import BatchFeature, LogitsProcessorList
 
 from pipeline.errors import SystemFault, first_line
-from pipeline.prompts import build_model_inputs, limit_image_tokens
+from pipeline.prompts import RowMedia, build_model_inputs, limit_image_tokens, limit_video_tokens
 from pipeline.row_sampling import PerRowSampler
 
 logger = logging.getLogger(__name__)
@@ -88,10 +88,12 @@ def model_location(settings: Any) -> str:
     return str(settings.name_or_path)
 
 
-def load_model(settings: Any, zipvl_config: Any | None, device: str | torch.device) -> LoadedModel:
+def load_model(settings: Any, zipvl_config: Any | None, device: str | torch.device,
+               max_video_tokens: int | None = None) -> LoadedModel:
     """Load the model described by `settings` (``JobSpec.model_settings()``) onto `device`.
 
     `zipvl_config` (a ``zipvl.ZipVLConfig``) patches the language model; None runs dense.
+    `max_video_tokens` caps one video's visual tokens (``spec.video``).
     """
     from transformers import AutoConfig, AutoModelForImageTextToText
 
@@ -105,6 +107,7 @@ def load_model(settings: Any, zipvl_config: Any | None, device: str | torch.devi
     model = model.to(device).eval()
     processor = load_processor(location, family, common)
     limit_image_tokens(processor, family, settings.max_image_tokens)
+    limit_video_tokens(processor, family, max_video_tokens)
     if zipvl_config is not None:
         import zipvl
 
@@ -129,7 +132,7 @@ def load_processor(location: str, family: str, hub_kwargs: dict[str, Any]) -> An
 def generate_rows(
     loaded: LoadedModel,
     texts: Sequence[str],
-    images: Sequence[Sequence[Image.Image]],
+    media: Sequence[RowMedia | Sequence[Image.Image]],
     generation: GenerationSettings,
     row_ids: Sequence[str] | None = None,
 ) -> list[RowResult]:
@@ -148,9 +151,9 @@ def generate_rows(
     if generation.do_sample and row_ids is None:
         raise ValueError("sampling needs the row ids: each row has its own random stream")
     results: list[RowResult | None] = [None] * len(texts)
-    rows, inputs = _admissible_rows(loaded, texts, images, generation, results)
+    rows, inputs = _admissible_rows(loaded, texts, media, generation, results)
     if rows:
-        answers = _generate_halving(loaded, rows, inputs, texts, images, generation, row_ids)
+        answers = _generate_halving(loaded, rows, inputs, texts, media, generation, row_ids)
         for row in rows:
             results[row] = answers[row]
     assert all(result is not None for result in results)
@@ -158,13 +161,13 @@ def generate_rows(
 
 
 def _generate_halving(loaded: LoadedModel, rows: list[int], inputs: BatchFeature | None,
-                      texts: Sequence[str], images: Sequence[Sequence[Image.Image]],
+                      texts: Sequence[str], media: Sequence[RowMedia | Sequence[Image.Image]],
                       generation: GenerationSettings,
                       row_ids: Sequence[str] | None) -> dict[int, RowResult]:
     """Answers of `rows` (their model `inputs` when already built), halving on out of memory."""
     if inputs is None:
         inputs = build_model_inputs(loaded.processor, [texts[row] for row in rows],
-                                    [images[row] for row in rows])
+                                    [media[row] for row in rows])
     ids = None if row_ids is None else [row_ids[row] for row in rows]
     try:
         return dict(zip(rows, _generate_or_fault(loaded, inputs, generation, ids)))
@@ -177,23 +180,23 @@ def _generate_halving(loaded: LoadedModel, rows: list[int], inputs: BatchFeature
         half = len(rows) // 2
         logger.warning("batch of %d ran out of memory; retrying it as %d + %d rows",
                        len(rows), half, len(rows) - half)
-        return {**_generate_halving(loaded, rows[:half], None, texts, images, generation, row_ids),
-                **_generate_halving(loaded, rows[half:], None, texts, images, generation, row_ids)}
+        return {**_generate_halving(loaded, rows[:half], None, texts, media, generation, row_ids),
+                **_generate_halving(loaded, rows[half:], None, texts, media, generation, row_ids)}
 
 
 def _admissible_rows(loaded: LoadedModel, texts: Sequence[str],
-                     images: Sequence[Sequence[Image.Image]], generation: GenerationSettings,
+                     media: Sequence[RowMedia | Sequence[Image.Image]], generation: GenerationSettings,
                      results: list[RowResult | None]) -> tuple[list[int], BatchFeature | None]:
     """The rows fit to generate and their model inputs; the others get their error row
     in `results`. The processor runs once per batch unless a row has to be dropped."""
     rows = list(range(len(texts)))
     inputs = None
     try:
-        inputs = build_model_inputs(loaded.processor, texts, images) if rows else None
+        inputs = build_model_inputs(loaded.processor, texts, media) if rows else None
     except Exception as batch_error:
         for row in list(rows):  # which row did the processor refuse? Ask one at a time.
             try:
-                build_model_inputs(loaded.processor, [texts[row]], [images[row]])
+                build_model_inputs(loaded.processor, [texts[row]], [media[row]])
             except Exception as error:
                 results[row] = RowResult(error=_describe("the processor refused the row", error),
                                          error_kind="preprocess")
@@ -213,7 +216,7 @@ def _admissible_rows(loaded: LoadedModel, texts: Sequence[str],
                 rows.remove(row)
     if rows and (inputs is None or len(rows) < len(texts)):
         inputs = build_model_inputs(loaded.processor, [texts[i] for i in rows],
-                                    [images[i] for i in rows])
+                                    [media[i] for i in rows])
     return rows, inputs
 
 
@@ -241,8 +244,9 @@ def _generate_or_fault(loaded: LoadedModel, inputs: BatchFeature, generation: Ge
 def _generate_batch(loaded: LoadedModel, inputs: BatchFeature, generation: GenerationSettings,
                     row_ids: Sequence[str] | None) -> list[RowResult]:
     inputs = inputs.to(loaded.device)
-    if "pixel_values" in inputs and inputs["pixel_values"].is_floating_point():
-        inputs["pixel_values"] = inputs["pixel_values"].to(loaded.model.dtype)
+    for name in ("pixel_values", "pixel_values_videos"):
+        if name in inputs and inputs[name].is_floating_point():
+            inputs[name] = inputs[name].to(loaded.model.dtype)
     tokenizer = loaded.processor.tokenizer
     # Sampling is done per row by PerRowSampler; generate itself always runs greedy.
     kwargs: dict[str, Any] = {"max_new_tokens": generation.max_new_tokens, "do_sample": False}

@@ -42,6 +42,10 @@ OUTPUT_SCHEMA = pa.schema(
         pa.field("kept_ratio", pa.float64()),
         pa.field("model", pa.string()),
         pa.field("method", pa.string()),
+        # Video rows: when each sampled frame is shown (seconds from the clip's start) and
+        # the clip's length in seconds; null for image rows.
+        pa.field("frame_timestamps", pa.list_(pa.float64())),
+        pa.field("video_duration", pa.float64()),
     ]
 )
 OUTPUT_COLUMNS: tuple[str, ...] = tuple(OUTPUT_SCHEMA.names)

@@ -32,6 +32,7 @@ from pipeline.ray_setup import worker_resources
 from pipeline.stages import DecodeStage, GenerateStage
 from pipeline.storage import max_attempts
 from pipeline.storage_access import StorageAccess, storage_access
+from pipeline.video_input import VideoInput, resolve_video_input
 
 # Memory (bytes) a decode task reserves: a batch of decoded frames (8 video frames
 # at 1080p, RGB, are 50 MB).
@@ -127,7 +128,7 @@ def _decode_stage(spec: Any, access: StorageAccess, options: dict[str, Any] | No
         image_column=columns.image,
         video_column=columns.video,
         question_column=columns.prompt,
-        video_frames=spec.task.video_frames,
+        video=_video_input(spec),
         base_dir=media_base_dir(spec.input.path),
         reader=MediaReader(
             storage_options=options,
@@ -136,3 +137,19 @@ def _decode_stage(spec: Any, access: StorageAccess, options: dict[str, Any] | No
         ),
         ledger_name=ledger_name,
     )
+
+
+def _video_input(spec: Any) -> VideoInput | None:
+    """How the decode stage samples and sizes video cells (None: the job has no video column)."""
+    if spec.input.columns.video is None:
+        return None
+    from transformers import AutoConfig
+
+    from pipeline.model_runner import hub_kwargs, model_location
+
+    settings = spec.model_settings()
+    location, common = model_location(settings), hub_kwargs(settings)
+    family = settings.family
+    if family == "auto":
+        family = AutoConfig.from_pretrained(location, **common).model_type
+    return resolve_video_input(spec.video, family, location, common)

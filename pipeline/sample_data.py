@@ -5,6 +5,7 @@ Hugging Face ``datasets`` stores images. The pictures are coloured shapes on
 gradients (PNG and JPEG, a few sizes), plus deliberately broken cells a real
 dataset also has: truncated bytes, bytes that are not an image, a null cell.
 ``vqa.parquet``: ``id``, ``image`` and a ``question`` per row.
+``videos.parquet``: ``id`` and ``video`` bytes (``pipeline.sample_videos``).
 
 Everything is drawn from a fixed seed, so rerunning gives the same pictures.
 """
@@ -98,7 +99,8 @@ def break_cells(rows: list[dict]) -> None:
 
 
 def write_samples(directory: Path = DEFAULT_DIR) -> list[Path]:
-    """Write ``images.parquet`` and ``vqa.parquet`` into `directory`; returns their paths."""
+    """Write ``images.parquet``, ``vqa.parquet`` and ``videos.parquet`` into `directory`;
+    returns their paths."""
     directory.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(SEED)
     images = image_rows(NUM_IMAGES, rng, "img")
@@ -124,7 +126,13 @@ def write_samples(directory: Path = DEFAULT_DIR) -> list[Path]:
         ),
         vqa_path,
     )
-    return [images_path, vqa_path]
+    from pipeline.sample_videos import video_rows
+
+    videos = video_rows(np.random.default_rng(SEED))
+    videos_path = directory / "videos.parquet"
+    pq.write_table(pa.Table.from_pylist(videos, schema=pa.schema(
+        [("id", pa.string()), ("video", pa.binary())])), videos_path)
+    return [images_path, vqa_path, videos_path]
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """The job file: a pydantic model validated once at the edge, trusted inside.
 
-A job file (YAML) has the sections ``input``, ``task``, ``model``, ``zipvl``,
+A job file (YAML) has the sections ``input``, ``task``, ``video``, ``model``, ``zipvl``,
 ``generation``, ``resources``, ``output`` and ``ray`` (see ``jobs/captions.yaml`` for
 a commented example and issue 3 for the requirements). Every section forbids unknown
 keys, so a typo is an error naming the key instead of a silently ignored setting.
@@ -44,10 +44,12 @@ from pydantic_core import PydanticCustomError
 
 from pipeline import presets
 from pipeline.errors import SpecError
+from pipeline.families import FAMILIES
 from pipeline.presets import Dtype, Family, FamilyOrAuto
 from pipeline.redaction import redact, secret_values
 from pipeline.spec_errors import FIELD_ERROR, field_error, unknown_key
 from pipeline.storage import StorageOptions
+from pipeline.video_section import VideoSection
 from pipeline.zipvl_section import DEFAULT_ZIPVL_PRESET, check_zipvl_value, resolve_zipvl
 from zipvl.config import ZipVLConfig
 
@@ -132,11 +134,12 @@ class TaskSection(_Section):
 
     type: Literal["caption", "vqa"] = "caption"
     prompt: str = Field(default=DEFAULT_CAPTION_PROMPT, min_length=1)
-    video_frames: PositiveInt = 8
 
     @model_validator(mode="before")
     @classmethod
     def _default_prompt(cls, values: Any) -> Any:
+        if isinstance(values, dict) and "video_frames" in values:
+            raise field_error("video_frames", "moved: set video.num_frames (or video.fps) instead")
         if isinstance(values, dict) and values.get("prompt") is None:
             values = dict(values)
             is_vqa = values.get("type") == "vqa"
@@ -312,6 +315,7 @@ class JobSpec(_Section):
     name: str = Field(default="job", min_length=1)
     input: InputSection
     task: TaskSection = Field(default_factory=TaskSection)
+    video: VideoSection = Field(default_factory=VideoSection)
     model: ModelSection
     zipvl: bool | str | dict[str, Any] = DEFAULT_ZIPVL_PRESET
     generation: GenerationSection = Field(default_factory=GenerationSection)
@@ -332,6 +336,10 @@ class JobSpec(_Section):
         if self.task.type == "caption" and columns.prompt is not None:
             raise field_error("input.columns.prompt",
                                "only task.type vqa reads a prompt column; remove it for caption")
+        family = self.model_settings().family
+        if self.video.mode == "native" and family != "auto" and not FAMILIES[family].native_video:
+            raise field_error("video.mode", f"the {family} family reads images only: use "
+                                             "video.mode frames (or auto)")
         if self.input.path == self.output.path:
             raise field_error("output.path", "must differ from input.path")
         try:

@@ -36,6 +36,7 @@ from pipeline.output import OUTPUT_COLUMNS, OUTPUT_SCHEMA
 from pipeline.redaction import redact_urls_in
 from pipeline.row_ids import canonical_ids
 from pipeline.video import FrameSampling, decode_video
+from pipeline.video_input import VideoInput
 
 STATUS_OK = "ok"
 STATUS_ERROR = "error"
@@ -46,6 +47,12 @@ DECODED_SCHEMA = pa.schema(
         pa.field("frames", pa.list_(pa.large_binary())),
         pa.field("frame_width", pa.int32()),
         pa.field("frame_height", pa.int32()),
+        # Video rows: read natively (else the frames are images), when each frame is shown
+        # (seconds from the clip's start), the clip's length and the frames per second sampled.
+        pa.field("native_video", pa.bool_()),
+        pa.field("frame_timestamps", pa.list_(pa.float64())),
+        pa.field("video_duration", pa.float64()),
+        pa.field("sampled_fps", pa.float64()),
         pa.field("question", pa.string()),
         pa.field("status", pa.string()),
         pa.field("error", pa.string()),
@@ -95,7 +102,7 @@ class DecodeStage:
     image_column: str | None = None
     video_column: str | None = None
     question_column: str | None = None
-    video_frames: int = 8
+    video: VideoInput | None = None  # how video cells are sampled and read (video_input)
     base_dir: str | None = None
     reader: MediaReader | None = None
     ledger_name: str | None = None  # this run's crash ledger (pipeline.crash_ledger)
@@ -108,55 +115,60 @@ class DecodeStage:
         duplicate_of = self._column(batch, DUPLICATE_COLUMN if DUPLICATE_COLUMN
                                     in batch.column_names else None)
 
-        def decode(indices: list[int]) -> list[tuple]:
-            return [([], None, None, duplicate_of[i], "duplicate_id") if duplicate_of[i]
+        def decode(indices: list[int]) -> list[dict[str, Any]]:
+            return [{"error": duplicate_of[i], "error_kind": "duplicate_id"} if duplicate_of[i]
                     else self._decode_row(ids[i], images[i], videos[i]) for i in indices]
 
-        def died_on(index: int, deaths: int) -> tuple:
-            return ([], None, None, f"the decode worker process died {deaths} times while "
-                    "decoding this row (a decoder crash on this media?)", WORKER_DIED_KIND)
+        def died_on(index: int, deaths: int) -> dict[str, Any]:
+            return {"error": f"the decode worker process died {deaths} times while decoding "
+                             "this row (a decoder crash on this media?)",
+                    "error_kind": WORKER_DIED_KIND}
 
         decoded = guarded(self.ledger_name, "decode", ids, decode, died_on)
         columns: dict[str, list] = {name: [] for name in DECODED_SCHEMA.names}
-        for index, (row_id, question, (frames, width, height, error, kind)) in enumerate(
-                zip(ids, questions, decoded)):
-            columns["id"].append(row_id if row_id is not None else f"<null id at batch row {index}>")
-            columns["frames"].append(frames)
-            columns["frame_width"].append(width)
-            columns["frame_height"].append(height)
-            columns["question"].append(None if question is None else str(question))
-            columns["status"].append(STATUS_ERROR if error else STATUS_OK)
-            columns["error"].append(error)
-            columns["error_kind"].append(kind)
+        for index, (row_id, question, row) in enumerate(zip(ids, questions, decoded)):
+            row = {**row, "id": row_id if row_id is not None else f"<null id at batch row {index}>",
+                   "question": None if question is None else str(question),
+                   "status": STATUS_ERROR if row.get("error") else STATUS_OK}
+            row.setdefault("frames", [])
+            for name, values in columns.items():
+                values.append(row.get(name))
         return pa.Table.from_pydict(columns, schema=DECODED_SCHEMA)
 
-    def _decode_row(self, row_id: str | None, image_cell: Any, video_cell: Any) -> tuple:
-        """``(frames, width, height, error, error_kind)`` of one row."""
-        frames, width, height, error, kind = [], None, None, None, None
+    def _decode_row(self, row_id: str | None, image_cell: Any, video_cell: Any) -> dict[str, Any]:
+        """The ``DECODED_SCHEMA`` fields of one row (``error`` and ``error_kind`` when it failed)."""
+        error = kind = None
         try:
             if row_id is None:
                 raise MediaError("the id cell is empty (null)", kind="bad_id")
-            frames, width, height = pack_frames(self._decode(image_cell, video_cell))
+            row = self._decode(image_cell, video_cell)
         except MediaError as problem:
-            frames, error, kind = [], str(problem), problem.kind
+            error, kind = str(problem), problem.kind
         except SystemFault:
             raise  # storage unreachable after its retries: the job stops, the row is redone
         except Exception as problem:  # noqa: BLE001 (any other failure is this cell's)
             # A cell no decoder expected (a struct whose bytes are a string, ...) is the
             # row's fault; failing the block would fail every rerun on the same row.
-            frames, kind = [], "media"
+            kind = "media"
             error = f"cannot decode the media cell: {type(problem).__name__}: {first_line(problem)}"
         if error is not None:  # it goes into the output: no URL's credentials in it
-            error = redact_urls_in(error)
-        return frames, width, height, error, kind
+            return {"error": redact_urls_in(error), "error_kind": kind}
+        return row
 
-    def _decode(self, image_cell: Any, video_cell: Any) -> list[Image.Image]:
+    def _decode(self, image_cell: Any, video_cell: Any) -> dict[str, Any]:
         if video_cell is not None:
-            return decode_video(video_cell, FrameSampling(num_frames=self.video_frames),
-                                base_dir=self.base_dir, reader=self.reader).frames
+            video = self.video or VideoInput(native=False, sampling=FrameSampling())
+            clip = decode_video(video_cell, video.sampling, frame_size=video.frame_size,
+                                base_dir=self.base_dir, reader=self.reader)
+            frames, width, height = pack_frames(clip.frames)
+            return {"frames": frames, "frame_width": width, "frame_height": height,
+                    "native_video": video.native, "frame_timestamps": clip.timestamps,
+                    "video_duration": clip.duration, "sampled_fps": clip.sampled_fps}
         if self.image_column is None:
             raise MediaError(f"the video cell (column {self.video_column!r}) is empty (null)")
-        return [decode_image(image_cell, base_dir=self.base_dir, reader=self.reader)]
+        frames, width, height = pack_frames(
+            [decode_image(image_cell, base_dir=self.base_dir, reader=self.reader)])
+        return {"frames": frames, "frame_width": width, "frame_height": height}
 
     @staticmethod
     def _column(batch: pa.Table, name: str | None) -> list[Any]:
@@ -186,7 +198,8 @@ class GenerateStage:
         device = "cuda" if use_cuda else "cpu"
         if not use_cuda and spec.resources.cpus_per_worker >= 1:
             torch.set_num_threads(int(spec.resources.cpus_per_worker))
-        self.loaded = load_model(spec.model_settings(), spec.zipvl_config(), device)
+        self.loaded = load_model(spec.model_settings(), spec.zipvl_config(), device,
+                                 max_video_tokens=spec.video.max_video_tokens)
         self.model_load_seconds = time.monotonic() - load_started
         self.generation = GenerationSettings.from_section(spec.generation)
         self.model_label = spec.model_settings().label
@@ -211,7 +224,7 @@ class GenerateStage:
 
         results = guarded(self.ledger_name, "generate", [row["id"] for row in rows],
                           lambda indices: self._results([rows[i] for i in indices]), died_on)
-        table = self._table([row["id"] for row in rows], results)
+        table = self._table(rows, results)
         timings = (self.model_load_seconds, time.monotonic() - started_clock,
                    self._generating_seconds, started, time.time())
         for name, value in zip(TIMING_COLUMNS, timings if table.num_rows else ()):
@@ -222,10 +235,10 @@ class GenerateStage:
     def _results(self, rows: list[dict[str, Any]]) -> list[Any]:
         """One ``RowResult`` per decoded row: its error passed on, or generated together."""
         from pipeline.model_runner import RowResult, generate_rows
-        from pipeline.prompts import PromptError, prompt_text
+        from pipeline.prompts import PromptError, RowMedia, prompt_text
 
         results: list[RowResult | None] = [None] * len(rows)
-        pending: list[tuple[int, str, list[Image.Image]]] = []
+        pending: list[tuple[int, str, RowMedia]] = []
         for index, row in enumerate(rows):
             if row["status"] != STATUS_OK:
                 results[index] = RowResult(error=row["error"] or "decode failed",
@@ -236,11 +249,13 @@ class GenerateStage:
             except PromptError as error:
                 results[index] = RowResult(error=str(error), error_kind="prompt")
                 continue
-            frames = unpack_frames(row["frames"], row["frame_width"], row["frame_height"])
-            pending.append((index, text, frames))
+            frames = tuple(unpack_frames(row["frames"], row["frame_width"], row["frame_height"]))
+            media = RowMedia(video=frames, sampled_fps=row["sampled_fps"]) if row["native_video"] \
+                else RowMedia(images=frames)
+            pending.append((index, text, media))
         generating_started = time.monotonic()
         generated = generate_rows(
-            self.loaded, [text for _, text, _ in pending], [frames for _, _, frames in pending],
+            self.loaded, [text for _, text, _ in pending], [media for _, _, media in pending],
             self.generation, row_ids=[rows[index]["id"] for index, _, _ in pending],
         )
         self._generating_seconds += time.monotonic() - generating_started
@@ -248,10 +263,10 @@ class GenerateStage:
             results[index] = result
         return results
 
-    def _table(self, ids: list[str], results: list[Any]) -> pa.Table:
-        count = len(ids)
+    def _table(self, rows: list[dict[str, Any]], results: list[Any]) -> pa.Table:
+        count = len(rows)
         columns: dict[str, list] = {
-            "id": ids,
+            "id": [row["id"] for row in rows],
             "output": [r.output if r.error is None else None for r in results],
             "status": [STATUS_OK if r.error is None else STATUS_ERROR for r in results],
             "error": [r.error for r in results],
@@ -261,6 +276,10 @@ class GenerateStage:
             "kept_ratio": [r.kept_ratio for r in results],
             "model": [self.model_label] * count,
             "method": [self.method_label] * count,
+            "frame_timestamps": [row["frame_timestamps"] if row["status"] == STATUS_OK else None
+                                 for row in rows],
+            "video_duration": [row["video_duration"] if row["status"] == STATUS_OK else None
+                               for row in rows],
         }
         for name, value in self.worker.items():
             columns[name] = [value] * count

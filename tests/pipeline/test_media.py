@@ -19,6 +19,7 @@ from PIL import Image
 from pipeline.media import MediaError, MediaReader, decode_image, read_cell_bytes
 from pipeline.stages import DecodeStage, pack_frames, unpack_frames
 from pipeline.video import FrameSampling, decode_video
+from pipeline.video_input import VideoInput
 
 
 def picture(seed: int, size: tuple[int, int] = (40, 24)) -> Image.Image:
@@ -150,7 +151,8 @@ def test_decode_stage_keeps_every_row_and_turns_broken_cells_into_error_rows():
         }
     )
     stage = DecodeStage(id_column="key", image_column="img", video_column="clip",
-                        question_column="q", video_frames=3)
+                        question_column="q",
+                        video=VideoInput(native=True, sampling=FrameSampling(num_frames=3)))
     decoded = stage(batch)
     assert decoded.column("id").to_pylist() == ["10", "11", "12", "13"]
     assert decoded.column("status").to_pylist() == ["ok", "error", "ok", "error"]
@@ -162,6 +164,12 @@ def test_decode_stage_keeps_every_row_and_turns_broken_cells_into_error_rows():
     assert np.array_equal(np.asarray(image), np.asarray(good))
     frames = unpack_frames(rows[2]["frames"], rows[2]["frame_width"], rows[2]["frame_height"])
     assert len(frames) == 3 and rows[1]["frames"] == []
+    # The video row says how it is read and when its frames are shown; image rows say nothing.
+    clip = decode_video(video, FrameSampling(num_frames=3))
+    assert [row["native_video"] for row in rows] == [None, None, True, None]
+    assert rows[2]["frame_timestamps"] == clip.timestamps and len(clip.timestamps) == 3
+    assert rows[2]["video_duration"] == clip.duration and rows[2]["sampled_fps"] == clip.sampled_fps
+    assert rows[0]["frame_timestamps"] is None and rows[0]["video_duration"] is None
 
 
 def test_cells_no_decoder_expected_become_error_rows_not_failed_blocks():

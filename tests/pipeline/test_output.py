@@ -40,6 +40,8 @@ def rows(start: int, count: int, text_length: int = 8) -> pa.Table:
             "kept_ratio": [None] * count,
             "model": ["m"] * count,
             "method": ["dense"] * count,
+            "frame_timestamps": pa.nulls(count, pa.list_(pa.float64())),
+            "video_duration": pa.nulls(count, pa.float64()),
             "_node_id": ["n"] * count,  # private columns are not written
         }
     )

@@ -34,6 +34,7 @@ CAPTIONS = ROOT / "jobs" / "captions.yaml"
 REQUIRED_MODEL_PRESETS = {
     "tiny-llava", "tiny-llava-next", "tiny-qwen2-vl", "tiny-qwen2.5-vl", "llava-1.5-7b",
     "llava-next-7b", "llava-next-13b", "qwen2-vl-2b", "qwen2-vl-7b", "qwen2.5-vl-7b",
+    "tiny-llava-next-video", "tiny-llava-onevision", "llava-next-video-7b", "llava-onevision-7b",
 }
 REQUIRED_ZIPVL_PRESETS = {"paper", "tau-0.96", "default", "dense"}
 
@@ -68,7 +69,7 @@ def reference_zipvl(preset_file: Path) -> ZipVLConfig | None:
 def test_the_required_presets_and_jobs_ship():
     assert REQUIRED_MODEL_PRESETS <= {p.stem for p in MODEL_PRESETS}
     assert REQUIRED_ZIPVL_PRESETS <= {p.stem for p in ZIPVL_PRESETS}
-    assert {"captions", "vqa", "captions-s3"} <= {p.stem for p in JOBS}
+    assert {"captions", "vqa", "captions-s3", "video-captions"} <= {p.stem for p in JOBS}
     assert set(presets.preset_names("models")) == {p.stem for p in MODEL_PRESETS}
 
 
@@ -96,6 +97,43 @@ def test_embedded_default_is_the_tiny_captioning_job(monkeypatch):
     assert spec.input.path == str(ROOT / "data" / "sample" / "images.parquet")
     assert spec.output.path == str(ROOT / "output" / "captions")
     assert spec.generation.max_new_tokens <= 32
+
+
+def test_the_video_job_reads_the_shipped_clips_natively(monkeypatch):
+    from pipeline.families import FAMILIES
+
+    monkeypatch.chdir(ROOT)
+    spec = load_job(ROOT / "jobs" / "video-captions.yaml")
+    assert spec.input.path == str(ROOT / "data" / "sample" / "videos.parquet")
+    assert spec.input.columns.video == "video" and spec.input.columns.image is None
+    assert FAMILIES[spec.model_settings().family].native_video
+    assert spec.video.mode == "auto" and spec.video.sampled_frames == 8
+
+
+@pytest.mark.parametrize(("overrides", "field", "message"), [
+    (["video.num_frames=8", "video.fps=2"], "video.fps", "not both"),
+    (["video.num_frames=5000"], "video.num_frames", "at most 1024"),
+    (["video.fps=0"], "video.fps", "greater than 0"),
+    (["video.mode=native", "model.preset=tiny-llava"], "video.mode", "reads images only"),
+    (["video.mode=sideways"], "video.mode", "native"),
+])
+def test_bad_video_settings_name_their_field(tmp_path: Path, overrides, field, message):
+    error = spec_error(tmp_path, raw_job(), overrides)
+    line = next(line for line in error.splitlines() if line.startswith(field + ":"))
+    assert message in line, error
+
+
+def test_video_frames_moved_to_the_video_section(tmp_path: Path):
+    values = raw_job()
+    values["task"]["video_frames"] = 8
+    assert "task.video_frames: moved: set video.num_frames" in spec_error(tmp_path, values)
+
+
+def test_video_sampling_settings_resolve(tmp_path: Path):
+    assert load_job(CAPTIONS, []).video.sampled_frames == 8
+    by_rate = load_job(CAPTIONS, ["video.fps=2.5", "video.max_frames=32"]).video
+    assert (by_rate.sampled_frames, by_rate.fps, by_rate.max_frames) == (None, 2.5, 32)
+    assert load_job(CAPTIONS, ["video.num_frames=3"]).video.sampled_frames == 3
 
 
 def test_s3_job_keeps_uris():

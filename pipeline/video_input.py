@@ -1,0 +1,59 @@
+"""How a job's video cells reach its model: as a video or as frames, sampled and sized for it.
+
+Resolved once on the driver (``plan``) from the job's ``video`` section and the
+checkpoint, and handed to the decode stage, so that decoding (CPU tasks) already
+samples the frame count the family needs (Qwen2-VL's temporal patches take frames in
+pairs) and downscales each frame to the size the family's video processor resizes it
+to: a 1080p clip then travels to the model worker as the few hundred pixels a side the
+model reads, not 6 MB per frame, and the processor's own resize becomes an identity.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.errors import JobError
+from pipeline.families import FAMILIES
+from pipeline.video import FrameSampling, FrameSize
+
+
+@dataclass(frozen=True)
+class VideoInput:
+    """What the decode stage does with a video cell."""
+
+    native: bool  # the model reads a video; otherwise its frames as images
+    sampling: FrameSampling
+    frame_size: FrameSize | None = None  # the size a frame is resized to at decode
+
+
+def reads_native_video(mode: str, family: str) -> bool:
+    """Whether ``video.mode`` (``auto``, ``native``, ``frames``) means native video for `family`."""
+    if mode == "frames":
+        return False
+    if mode == "native" and not FAMILIES[family].native_video:
+        raise JobError(f"video.mode: native, but the {family} family reads images only: "
+                       "use video.mode frames (or auto)")
+    return FAMILIES[family].native_video
+
+
+def resolve_video_input(section: Any, family: str, location: str | None = None,
+                        hub_kwargs: dict[str, Any] | None = None) -> VideoInput:
+    """The decode stage's video handling for the job's `section` (``spec.video``) and `family`.
+
+    `location` (a checkpoint folder or hub id) lets frames be sized to what the
+    family's video processor will use; without it frames keep their decoded size.
+    """
+    native = reads_native_video(section.mode, family)
+    multiple = FAMILIES[family].video_frame_multiple if native else 1
+    if section.fps is not None:
+        sampling = FrameSampling(num_frames=None, fps=section.fps, max_frames=section.max_frames,
+                                 frame_multiple=multiple)
+    else:
+        sampling = FrameSampling(num_frames=section.sampled_frames, frame_multiple=multiple)
+    frame_size = None
+    if native and location is not None:
+        from pipeline.video_processing import frame_size_for
+
+        frame_size = frame_size_for(location, family, hub_kwargs or {}, section.max_video_tokens)
+    return VideoInput(native=native, sampling=sampling, frame_size=frame_size)
