@@ -7,15 +7,15 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 
 import numpy as np
 import pytest
 import torch
 
-from pipeline.families import FAMILIES
+from pipeline.families import FAMILIES, IMAGE_ONLY_PROCESSORS
 from pipeline.media import MediaError
 from pipeline.video_processing import (
+    VIDEO_FAMILIES,
     LlavaVideoProcessor,
     QwenVLVideoProcessor,
     frame_size,
@@ -217,12 +217,33 @@ def test_frame_size_is_the_fixed_size_for_onevision_and_the_short_edge_for_next_
     assert frame_size(next_video, 360, 640, 8) == (32, 56)
 
 
-def test_the_tiny_checkpoint_copy_keeps_the_source_intact(workspace):
-    # The hand-written config goes into a copy, never into the shared tiny cache.
-    path = video_checkpoint("qwen2_vl", workspace)
-    if path.parent != workspace:
-        pytest.skip("the tiny checkpoint ships its own video processor config")
-    from zipvl.testing import tiny_model_path
+# --- every video family, with its tiny model as the judge -------------------------------
 
-    assert not (tiny_model_path("qwen2_vl") / VIDEO_CONFIG_NAME).exists()
-    assert shutil.disk_usage(path).total > 0
+def _video_prompt(processor) -> str:
+    if processor.video_token == "<|video_pad|>":
+        return PROMPT  # the tiny Qwen chat templates render images only
+    return processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "What happens?"}]}],
+        tokenize=False, add_generation_prompt=True)
+
+
+@pytest.mark.parametrize("family", VIDEO_FAMILIES)
+def test_the_tiny_model_accepts_our_video_inputs(family, workspace):
+    from transformers import AutoModelForImageTextToText
+
+    path = video_checkpoint(family, workspace)
+    processor = load_processor_without_torchvision(str(path), family, {})
+    assert type(processor) is IMAGE_ONLY_PROCESSORS[family]
+    processor.tokenizer.padding_side = "left"
+    # The same frame count in both: LLaVA's pixel_values_videos stack to one tensor.
+    clips = [make_clip(4, 64, 48, seed=1), make_clip(4, 40, 90, seed=2)]
+    inputs = processor(text=[_video_prompt(processor)] * 2, videos=clips, return_tensors="pt", padding=True)
+    video_tokens = (inputs["input_ids"] == processor.video_token_id).sum(dim=1)
+    assert video_tokens[0] == video_tokens[1] > 0
+    if not family.startswith("qwen"):
+        assert inputs["pixel_values_videos"].shape[:3] == (2, 4, 3)
+    model = AutoModelForImageTextToText.from_pretrained(str(path)).eval()
+    with torch.no_grad():
+        # The model checks that its video features fill exactly the video placeholders.
+        generated = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    assert generated.shape[0] == 2

@@ -1,9 +1,9 @@
-"""Tiny video-family checkpoints with a saved video processor config, and test clips.
+"""Tiny video-family checkpoints, other video processor configs, and test clips.
 
-Until ``zipvl.testing`` saves a ``video_preprocessor_config.json`` itself, the tiny
-checkpoint is copied and one is written into the copy: what a real checkpoint ships
-(the stock class name and its settings), at sizes that keep a clip at tens of tokens.
-A checkpoint that already has one is used as it is.
+The tiny checkpoints ship the stock video processor's config (``zipvl.testing.video_configs``).
+``HAND_WRITTEN_CONFIGS`` are other settings a real checkpoint could hold (other Qwen pixel
+limits, other LLaVA sizes, CLIP statistics), read from a folder of their own; a tiny
+checkpoint without a video config (older ``zipvl.testing``) gets a copy with one of these.
 """
 
 from __future__ import annotations
