@@ -1,8 +1,8 @@
 """One call's options: keyword arguments over the checkpoint's settings.
 
 Mirrors ``VideoProcessorMixin.preprocess`` (``transformers.video_processing_utils``):
-every known option a call leaves out (or passes as ``None``) takes the processor's
-value, ``size`` / ``crop_size`` become size dicts, and Qwen's deprecated call-time
+every known option a call leaves out takes the processor's value (``setdefault``: one
+passed as ``None`` stays ``None``), ``size`` / ``crop_size`` become size dicts, and Qwen's deprecated call-time
 ``min_pixels`` / ``max_pixels`` override ``size`` (``Qwen2VLVideoProcessor._standardize_kwargs``).
 As in the stock one, ``max_video_tokens`` is read from the settings only (its ``resize``
 reads ``self.max_video_tokens``). Unlike the stock processor, an unknown option is an error rather than a logged warning,
@@ -24,7 +24,7 @@ _QWEN_CALL_ONLY = ("min_pixels", "max_pixels")
 
 
 def resolve_call_options(settings: VideoProcessingSettings, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """The options of one call: ``kwargs`` where given and not None, else ``settings``."""
+    """The options of one call: ``kwargs`` where given, else ``settings``."""
     known = {field.name for field in fields(settings)} - {"family", "stock_class"}
     if not settings.is_qwen:
         known -= {"patch_size", "temporal_patch_size", "merge_size", "min_frames", "max_frames",
@@ -35,7 +35,7 @@ def resolve_call_options(settings: VideoProcessingSettings, kwargs: dict[str, An
         raise TypeError(f"unknown video processing options for {settings.family}: {', '.join(unknown)}")
     options = {name: kwargs.get(name) for name in allowed}
     for name in known:
-        if options[name] is None:
+        if name not in kwargs:
             options[name] = getattr(settings, name)
     if options["do_sample_frames"]:
         raise ValueError("frames are sampled when the video is decoded; call the video processor with "

@@ -1,21 +1,24 @@
 """Video input to uint8 frame arrays, and the pixel steps every stock video processor shares.
 
 The steps mirror ``transformers``' ``BaseVideoProcessor`` (``video_processing_utils``) and
-its ``TorchvisionBackend`` (``image_processing_backends``) with PIL and NumPy in place of
-torchvision: ``_prepare_input_videos`` (channels-last uint8, RGB), ``resize`` (the target
-size from the same ``size`` dict rules; PIL's antialiased resampling, which torchvision's
-antialiased uint8 resize follows to within a level or two), ``center_crop`` (zero padding
-when the crop is larger, then the same offsets) and ``rescale_and_normalize`` (fused into
-one float32 normalisation, as the stock one fuses it).
+its ``TorchvisionBackend`` (``image_processing_backends``) with NumPy and torch's own
+interpolation in place of torchvision: ``_prepare_input_videos`` (channels-last uint8,
+RGB), ``resize`` (the target size from the same ``size`` dict rules, then the call
+torchvision's ``resize_image`` makes: ``torch.nn.functional.interpolate`` with antialias,
+bicubic on uint8 as torchvision does on CPU; PIL's bicubic differs by up to 3 levels on
+noisy frames, since it rounds and clips between its two passes), ``center_crop`` (zero
+padding when the crop is larger, then the same offsets) and ``rescale_and_normalize``
+(fused into one float32 normalisation, as the stock one fuses it).
 """
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from PIL import Image
+import torch
 from transformers.image_transforms import get_resize_output_image_size, get_size_with_aspect_ratio
 from transformers.image_utils import (
     ChannelDimension,
@@ -27,11 +30,11 @@ from transformers.video_utils import make_batched_videos
 
 from pipeline.media import MediaError
 
-# Resampling whose PIL result matches torchvision's antialiased resize. PIL's nearest
-# picks other source pixels than torch's, and torchvision has no BOX / HAMMING.
+# The resampling modes mirrored (every family's checkpoints use bicubic): torch's
+# interpolation mode for each PIL resampling filter a config names.
 SUPPORTED_RESAMPLING = {
-    int(PILImageResampling.BILINEAR): Image.Resampling.BILINEAR,
-    int(PILImageResampling.BICUBIC): Image.Resampling.BICUBIC,
+    int(PILImageResampling.BILINEAR): "bilinear",
+    int(PILImageResampling.BICUBIC): "bicubic",
 }
 
 
@@ -90,16 +93,27 @@ def resized_height_width(height: int, width: int, size: dict[str, int]) -> tuple
 
 
 def resize_video(video: np.ndarray, height: int, width: int, resample: int | None) -> np.ndarray:
-    """Every frame of a (frames, height, width, 3) uint8 video resized to ``height`` x ``width``."""
+    """Every frame of a (frames, height, width, 3) uint8 video resized to ``height`` x ``width``,
+    as torchvision's ``resize_image`` does it on CPU: torch's own antialiased interpolation,
+    on the uint8 frames where torchvision keeps them uint8, else in float32, clamped and rounded."""
     if video.shape[1:3] == (height, width):
         return video  # torchvision returns the frames untouched too
     if height < 1 or width < 1:
         raise MediaError(f"a {video.shape[2]}x{video.shape[1]} frame would be resized to {width}x{height}")
-    filter_ = _pil_filter(resample)
-    return np.stack([np.asarray(Image.fromarray(frame).resize((width, height), filter_)) for frame in video])
+    mode = _interpolation_mode(resample)
+    frames = torch.from_numpy(video).permute(0, 3, 1, 2).contiguous()
+    native_uint8 = mode == "bicubic" or torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512") \
+        or platform.machine() in ("aarch64", "arm64")
+    if not native_uint8:
+        frames = frames.to(torch.float32)
+    resized = torch.nn.functional.interpolate(frames, size=[height, width], mode=mode, align_corners=False,
+                                              antialias=True)
+    if not native_uint8:
+        resized = resized.round_().to(torch.uint8)
+    return resized.permute(0, 2, 3, 1).contiguous().numpy()
 
 
-def _pil_filter(resample: int | None) -> Image.Resampling:
+def _interpolation_mode(resample: int | None) -> str:
     # TorchvisionBackend.resize defaults to bilinear when no resample is set.
     key = int(PILImageResampling.BILINEAR) if resample is None else int(resample)
     if key not in SUPPORTED_RESAMPLING:

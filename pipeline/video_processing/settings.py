@@ -9,7 +9,8 @@ Mirrors ``transformers.video_processing_utils.BaseVideoProcessor.from_pretrained
    legacy ``preprocessor_config.json`` (a file path is read as the config itself);
 2. ``from_dict`` -> ``__init__``: Qwen2-VL's ``min_pixels`` / ``max_pixels`` become
    ``size["shortest_edge"]`` / ``size["longest_edge"]`` (``Qwen2VLVideoProcessor.__init__``);
-3. ``_set_attributes``: a key that is absent or null takes the stock class's default,
+3. ``_set_attributes``: a key that is absent takes the stock class's default (one given as
+   null stays null: ``ImageProcessingMixin.__init__`` set it first),
    and ``_standardize_kwargs`` turns ``size`` / ``crop_size`` into size dicts
    (``get_size_dict``) and mean/std lists into tuples.
 
@@ -177,8 +178,9 @@ def settings_from_dict(family: str, config: dict[str, Any]) -> VideoProcessingSe
         config["size"] = size
     defaults = {**_BASE_DEFAULTS, **_CLASS_DEFAULTS[stock_class]}
     keys = _COMMON_KEYS + (_QWEN_KEYS if family in QWEN_FAMILIES else ())
-    # _set_attributes: a null value is as good as absent.
-    values = {key: config[key] if config.get(key) is not None else defaults.get(key) for key in keys}
+    # ImageProcessingMixin.__init__ sets every given key first, so a null one stays null;
+    # only an absent key takes the class default (_set_attributes).
+    values = {key: config[key] if key in config else defaults.get(key) for key in keys}
     if values["size"] is not None:
         values["size"] = get_size_dict(size=values["size"], default_to_square=values["default_to_square"])
     if values["crop_size"] is not None:

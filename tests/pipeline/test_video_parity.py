@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -34,6 +35,7 @@ from pipeline.video_processing import (  # noqa: E402
     load_processor_without_torchvision,
     load_video_processor,
 )
+from pipeline.video_processing.frames import resize_video  # noqa: E402
 from tests.pipeline.video_checkpoints import (  # noqa: E402
     CLIP_SHAPES,
     HAND_WRITTEN_CONFIGS,
@@ -41,7 +43,7 @@ from tests.pipeline.video_checkpoints import (  # noqa: E402
     make_clip,
     video_checkpoint,
 )
-from zipvl.testing import SUPPORTED_FAMILIES  # noqa: E402
+from zipvl.testing import SUPPORTED_FAMILIES, tiny_model_path  # noqa: E402
 
 MAX_LEVELS = 2
 TINY_VIDEO_FAMILIES = [family for family in VIDEO_FAMILIES if family in SUPPORTED_FAMILIES]
@@ -55,6 +57,8 @@ def workspace(tmp_path_factory):
 def _config_folder(workspace, family, name, config):
     folder = workspace / f"{family}-{name}"
     folder.mkdir(exist_ok=True)
+    if family in SUPPORTED_FAMILIES:  # AutoVideoProcessor may pick the class by model type
+        shutil.copy(tiny_model_path(family) / "config.json", folder / "config.json")
     file_name = VIDEO_CONFIG_NAME if name == "video" else "preprocessor_config.json"
     (folder / file_name).write_text(json.dumps(config))
     return folder
@@ -71,8 +75,9 @@ def _plain(value):
 LEGACY_CONFIGS = {  # an older checkpoint: only an image preprocessor config
     "qwen2_vl": {"image_processor_type": "Qwen2VLImageProcessor", "min_pixels": 300, "max_pixels": 5000,
                  "patch_size": 8, "merge_size": 2, "temporal_patch_size": 2, "do_resize": None},
-    "llava_next_video": {"image_processor_type": "LlavaNextImageProcessor", "size": 40,
-                         "crop_size": 36},
+    # No image_processor_type: the stock loader would take LlavaNextImageProcessor for the
+    # video processor "LlavaNextVideoProcessor", which is the processor, and recurse.
+    "llava_next_video": {"size": 40, "crop_size": 36},
     "llava_onevision": {"image_processor_type": "LlavaOnevisionImageProcessor",
                         "size": {"height": 40, "width": 48}, "do_normalize": False},
 }
@@ -153,7 +158,7 @@ def test_frames_decoded_to_frame_size_give_the_stock_result(family, workspace):
     for frames, width, height in CLIP_SHAPES:
         clip = make_clip(frames, width, height, seed=frames)
         target = frame_size(settings, width, height, frames)
-        predecoded = [frame.resize(target, 3) for frame in clip]
+        predecoded = resize_video(np.stack([np.asarray(frame) for frame in clip]), target[1], target[0], 3)
         direct = stock([clip], return_tensors="pt")
         downscaled = stock([predecoded], return_tensors="pt")
         if qwen:

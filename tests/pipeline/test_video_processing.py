@@ -23,6 +23,7 @@ from pipeline.video_processing import (
     load_video_settings,
     settings_from_dict,
 )
+from pipeline.video_processing.frames import resize_video
 from tests.pipeline.video_checkpoints import (
     CLIP_SHAPES,
     HAND_WRITTEN_CONFIGS,
@@ -50,9 +51,11 @@ def test_qwen_min_and_max_pixels_become_the_size_dict():
     assert settings.size == {"shortest_edge": 128 * 28 * 28, "longest_edge": 900}
 
 
-def test_absent_and_null_keys_take_the_stock_class_defaults():
-    settings = settings_from_dict("qwen2_5_vl", {"patch_size": 8, "merge_size": None})
+def test_absent_keys_take_the_stock_class_defaults_and_null_ones_stay_null():
+    settings = settings_from_dict("qwen2_5_vl", {"patch_size": 8, "do_resize": None, "size": None})
     assert (settings.patch_size, settings.merge_size, settings.temporal_patch_size) == (8, 2, 2)
+    assert settings.do_resize is None and settings.size == {"shortest_edge": 128 * 28 * 28,
+                                                            "longest_edge": 28 * 28 * 768}
     assert settings.stock_class == "Qwen2VLVideoProcessor" and settings.do_sample_frames is False
     next_video = settings_from_dict("llava_next_video", {})
     assert next_video.size == {"shortest_edge": 224} and next_video.crop_size == {"height": 224, "width": 224}
@@ -122,11 +125,13 @@ def test_qwen_token_counts_agree_with_the_grid_and_the_patch_count(family, works
 def test_qwen_patches_hold_the_normalised_frames_in_the_stock_layout(workspace):
     processor = _qwen_processor("qwen2_vl", workspace).video_processor
     settings = processor.settings
-    clip = make_clip(3, 70, 50, seed=4)
+    # Frames already at their processed size: the resize is an identity, the layout is the question.
+    width, height = frame_size(settings, 70, 50, 3)
+    clip = make_clip(3, width, height, seed=4)
     out = processor([clip], return_tensors="pt")
     grid_t, grid_h, grid_w = out["video_grid_thw"][0].tolist()
-    height, width = grid_h * processor.patch_size, grid_w * processor.patch_size
-    frames = np.stack([np.asarray(frame.resize((width, height), 3)) for frame in clip])
+    assert (grid_h * processor.patch_size, grid_w * processor.patch_size) == (height, width)
+    frames = np.stack([np.asarray(frame) for frame in clip])
     frames = np.concatenate([frames, frames[-1:]])  # the odd count padded with the last frame
     mean, std = np.array(settings.image_mean), np.array(settings.image_std)
     expected = (frames / 255.0 - mean) / std  # (t, h, w, c), float64
@@ -199,7 +204,8 @@ def test_decoding_to_frame_size_makes_the_resize_an_identity(family, shape):
     frames, width, height = shape
     clip = make_clip(frames, width, height, seed=7)
     target = frame_size(settings, width, height, frames)
-    predecoded = [frame.resize(target, 3) for frame in clip]
+    # The decoder's one downscale (here the processor's own resampling).
+    predecoded = resize_video(np.stack([np.asarray(frame) for frame in clip]), target[1], target[0], 3)
     direct = processor([clip], return_tensors="pt")
     downscaled = processor([predecoded], return_tensors="pt")
     assert set(direct) == set(downscaled)
