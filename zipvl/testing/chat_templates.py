@@ -9,12 +9,13 @@ right number of tokens.
 
 from __future__ import annotations
 
-# Shared Jinja macro: render one message's content with `image` as the image marker.
+# Shared Jinja macro: render one message's content with `image` / `video` as the markers.
 _CONTENT_MACRO = (
-    "{% macro render(content, image) %}"
+    "{% macro render(content, image, video='') %}"
     "{% if content is string %}{{ content }}"
     "{% else %}{% for part in content %}"
     "{% if part['type'] == 'image' %}{{ image }}"
+    "{% elif part['type'] == 'video' %}{{ video }}"
     "{% elif part['type'] == 'text' %}{{ part['text'] }}"
     "{% endif %}"
     "{% endfor %}{% endif %}"
@@ -41,11 +42,12 @@ MISTRAL_TEMPLATE = (
     "{% endfor %}"
 )
 
-# ChatML (Qwen2), with Qwen2-VL's vision markers around each image.
+# ChatML (Qwen2), with Qwen2-VL's vision markers around each image and video.
 CHATML_TEMPLATE = (
     _CONTENT_MACRO + "{% for message in messages %}"
     "<|im_start|>{{ message['role'] }}\n"
-    "{{ render(message['content'], '<|vision_start|><|image_pad|><|vision_end|>') }}<|im_end|>\n"
+    "{{ render(message['content'], '<|vision_start|><|image_pad|><|vision_end|>', "
+    "'<|vision_start|><|video_pad|><|vision_end|>') }}<|im_end|>\n"
     "{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
