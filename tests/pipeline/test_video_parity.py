@@ -167,8 +167,6 @@ def test_frames_decoded_to_frame_size_give_the_stock_result(family, workspace):
 
 
 def _prompt(processor) -> str:
-    if processor.video_token == "<|video_pad|>":
-        return "<|vision_start|><|video_pad|><|vision_end|>What happens?"  # tiny templates: images only
     return processor.apply_chat_template(
         [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "What happens?"}]}],
         tokenize=False, add_generation_prompt=True)

@@ -226,8 +226,6 @@ def test_frame_size_is_the_fixed_size_for_onevision_and_the_short_edge_for_next_
 # --- every video family, with its tiny model as the judge -------------------------------
 
 def _video_prompt(processor) -> str:
-    if processor.video_token == "<|video_pad|>":
-        return PROMPT  # the tiny Qwen chat templates render images only
     return processor.apply_chat_template(
         [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "What happens?"}]}],
         tokenize=False, add_generation_prompt=True)
