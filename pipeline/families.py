@@ -12,8 +12,11 @@ needs torchvision; without it they fail to construct even for images. Their
 image-only subclasses drop that one argument from ``__init__`` (transformers reads
 the sub-processors from its signature), so construction, ``from_pretrained`` and
 ``save_pretrained`` work without torchvision and everything else is inherited.
-``zipvl.testing`` keeps its own two-line copies for its tiny checkpoints: ``zipvl``
-never imports ``pipeline``.
+LLaVA-NeXT-Video's and LLaVA-OneVision's get the same treatment (NeXT-Video's stock
+``__init__`` passes the video processor first, so its subclass sets the stock fields
+itself). Where torchvision is missing, ``pipeline.video_processing`` gives these
+image-only processors a video processor of its own. ``zipvl.testing`` keeps its own
+copies for its tiny checkpoints: ``zipvl`` never imports ``pipeline``.
 """
 
 from __future__ import annotations
@@ -21,7 +24,13 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-from transformers import ProcessorMixin, Qwen2_5_VLProcessor, Qwen2VLProcessor
+from transformers import (
+    LlavaNextVideoProcessor,
+    LlavaOnevisionProcessor,
+    ProcessorMixin,
+    Qwen2_5_VLProcessor,
+    Qwen2VLProcessor,
+)
 
 
 class Qwen2VLImageOnlyProcessor(Qwen2VLProcessor):
@@ -36,6 +45,51 @@ class Qwen2_5_VLImageOnlyProcessor(Qwen2_5_VLProcessor):
 
     def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
         super().__init__(image_processor, tokenizer, chat_template=chat_template, **kwargs)
+
+
+class LlavaNextVideoImageOnlyProcessor(LlavaNextVideoProcessor):
+    """``LlavaNextVideoProcessor`` without a video processor. The stock ``__init__`` hands its
+    sub-processors on positionally, video processor first, which would shift them by one
+    here; so this sets the stock fields as that ``__init__`` does and calls
+    ``ProcessorMixin.__init__`` with the two it has. The arguments are spelled out because
+    ``to_dict`` (so ``save_pretrained``) writes only what the signature names."""
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, patch_size=None,
+                 vision_feature_select_strategy=None, video_token="<video>", image_token="<image>",
+                 num_additional_image_tokens=0, **kwargs):
+        self.patch_size = patch_size
+        self.num_additional_image_tokens = num_additional_image_tokens
+        self.vision_feature_select_strategy = vision_feature_select_strategy
+        self.image_token = tokenizer.image_token if hasattr(tokenizer, "image_token") else image_token
+        self.video_token = tokenizer.video_token if hasattr(tokenizer, "video_token") else video_token
+        self.image_token_id = (getattr(tokenizer, "image_token_id", None)
+                               or tokenizer.convert_tokens_to_ids(self.image_token))
+        self.video_token_id = (getattr(tokenizer, "video_token_id", None)
+                               or tokenizer.convert_tokens_to_ids(self.video_token))
+        ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
+
+
+class LlavaOnevisionImageOnlyProcessor(LlavaOnevisionProcessor):
+    """``LlavaOnevisionProcessor`` without a video processor (its arguments spelled out, see
+    ``LlavaNextVideoImageOnlyProcessor``)."""
+
+    def __init__(self, image_processor=None, tokenizer=None, num_image_tokens=None,
+                 vision_feature_select_strategy=None, chat_template=None, image_token="<image>",
+                 video_token="<video>", vision_aspect_ratio="anyres_max_9", **kwargs):
+        super().__init__(image_processor, tokenizer, num_image_tokens=num_image_tokens,
+                         vision_feature_select_strategy=vision_feature_select_strategy,
+                         chat_template=chat_template, image_token=image_token,
+                         video_token=video_token, vision_aspect_ratio=vision_aspect_ratio, **kwargs)
+
+
+# Model type -> the processor loaded instead of the stock one where torchvision does not
+# import: every family whose stock processor builds a video processor.
+IMAGE_ONLY_PROCESSORS: dict[str, type[ProcessorMixin]] = {
+    "qwen2_vl": Qwen2VLImageOnlyProcessor,
+    "qwen2_5_vl": Qwen2_5_VLImageOnlyProcessor,
+    "llava_next_video": LlavaNextVideoImageOnlyProcessor,
+    "llava_onevision": LlavaOnevisionImageOnlyProcessor,
+}
 
 
 @dataclass(frozen=True)

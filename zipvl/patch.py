@@ -26,10 +26,13 @@ from zipvl.statistics import ZipVLStats
 
 # model_type of the supported families: the causal LMs, then the LVLMs built on them.
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = (
-    "llama", "mistral", "qwen2", "llava", "llava_next", "qwen2_vl", "qwen2_5_vl")
-# Language models a Llava / LlavaNext checkpoint may wrap that ZipVL is tested with.
+    "llama", "mistral", "qwen2", "llava", "llava_next", "qwen2_vl", "qwen2_5_vl",
+    "llava_next_video", "llava_onevision")
+# Language models a Llava-style checkpoint may wrap that ZipVL is tested with.
 _SUPPORTED_TEXT_MODEL_TYPES = ("llama", "mistral", "qwen2")
-_WRAPPERS_WITH_TEXT_MODEL = ("llava", "llava_next")
+# LVLMs whose config names the language model they wrap (``text_config``), any of
+# several; the Qwen-VL families have their own fixed one.
+_WRAPPERS_WITH_TEXT_MODEL = ("llava", "llava_next", "llava_next_video", "llava_onevision")
 
 _PATCH_ATTRIBUTE = "_zipvl_patch"
 

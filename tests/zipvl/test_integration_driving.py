@@ -29,7 +29,8 @@ EXACT = zipvl.ZipVLConfig(tau=1.0)
 # Families whose text positions are plain 1-D ids. Qwen-VL's M-RoPE ids are 4-D and
 # model-specific, so its loop passes neither ids nor a mask, one sample (no padding):
 # the model derives each step's positions from the cache length and its rope_deltas.
-POSITION_ID_FAMILIES = ("llama", "mistral", "qwen2", "llava", "llava_next")
+POSITION_ID_FAMILIES = (
+    "llama", "mistral", "qwen2", "llava", "llava_next", "llava_next_video", "llava_onevision")
 ALL_FAMILIES = (*POSITION_ID_FAMILIES, "qwen2_vl", "qwen2_5_vl")
 
 

@@ -1,5 +1,6 @@
 """ZipVL patched into every supported family: tau = 1.0 equals the unpatched model, and
-``disable`` / repeated ``enable`` leave no trace (ZIPVL.md invariants 1 and 5)."""
+``disable`` / repeated ``enable`` leave no trace (ZIPVL.md invariants 1 and 5), on image
+prompts and, for the LLaVA video families, on video prompts (``pixel_values_videos``)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from zipvl.testing import (
     build_tiny_model,
     make_test_image,
 )
+from zipvl.testing.video_inputs import FRAME_VIDEO_FAMILIES, build_video_inputs, make_test_video
 
 PREFILL_MODES = ("qkv", "kv", "kv_local", "dense")
 WORDS = ("the quick brown fox jumps over a lazy dog while seven small birds sing near "
@@ -39,6 +41,19 @@ def _batch(family: str, processor, word_counts=(70, 25)):
     return build_inputs(processor, family, prompts, images)
 
 
+def _video_batch(family: str, processor, word_counts=(40, 12)):
+    """A left-padded batch of prompts with one 8-frame video each."""
+    prompts = [_prompt(count, seed) for seed, count in enumerate(word_counts)]
+    videos = [make_test_video(seed, family) for seed in range(len(prompts))]
+    return build_video_inputs(processor, family, prompts, videos)
+
+
+# (family, media): every family with its images (none for text families), and the
+# families that take pixel_values_videos with a video each.
+CASES = [pytest.param(family, "images", id=family) for family in SUPPORTED_FAMILIES] + [
+    pytest.param(family, "video", id=f"{family}-video") for family in FRAME_VIDEO_FAMILIES]
+
+
 @contextmanager
 def _patched(model, config):
     zipvl.enable(model, config)
@@ -58,20 +73,21 @@ def _run(model, inputs):
 _REFERENCES: dict[str, tuple] = {}
 
 
-def _reference(family: str):
+def _reference(family: str, media: str = "images"):
     """The tiny model, a left-padded batch and the unpatched model's logits and greedy tokens."""
-    if family not in _REFERENCES:
+    key = f"{family}-{media}"
+    if key not in _REFERENCES:
         model, processor = build_tiny_model(family)
-        inputs = _batch(family, processor)
+        inputs = _batch(family, processor) if media == "images" else _video_batch(family, processor)
         assert inputs["attention_mask"].min() == 0, "the batch must contain padding"
-        _REFERENCES[family] = (model, inputs, *_run(model, inputs))
-    return _REFERENCES[family]
+        _REFERENCES[key] = (model, inputs, *_run(model, inputs))
+    return _REFERENCES[key]
 
 
 @pytest.mark.parametrize("mode", PREFILL_MODES)
-@pytest.mark.parametrize("family", SUPPORTED_FAMILIES)
-def test_tau_one_equals_unpatched_model(family, mode):
-    model, inputs, dense_logits, dense_tokens = _reference(family)
+@pytest.mark.parametrize("family, media", CASES)
+def test_tau_one_equals_unpatched_model(family, media, mode):
+    model, inputs, dense_logits, dense_tokens = _reference(family, media)
     with _patched(model, zipvl.ZipVLConfig(tau=1.0, prefill=mode)):
         logits, tokens = _run(model, inputs)
         stats = zipvl.stats(model)
@@ -92,9 +108,9 @@ def test_tau_one_without_cache_equals_unpatched_model(family):
     torch.testing.assert_close(output.logits[valid], dense_logits[valid], rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("family", SUPPORTED_FAMILIES)
-def test_disable_restores_dense_outputs_exactly(family):
-    model, inputs, dense_logits, dense_tokens = _reference(family)
+@pytest.mark.parametrize("family, media", CASES)
+def test_disable_restores_dense_outputs_exactly(family, media):
+    model, inputs, dense_logits, dense_tokens = _reference(family, media)
     decoder = model.get_decoder()
     hooks_before = len(decoder._forward_pre_hooks)
     vision_config = getattr(model.config, "vision_config", None)
@@ -157,4 +173,5 @@ def test_unsupported_model_names_the_supported_families():
     for model_type in zipvl.SUPPORTED_MODEL_TYPES:
         assert model_type in message
     assert set(zipvl.SUPPORTED_MODEL_TYPES) == {
-        "llama", "mistral", "qwen2", "llava", "llava_next", "qwen2_vl", "qwen2_5_vl"}
+        "llama", "mistral", "qwen2", "llava", "llava_next", "qwen2_vl", "qwen2_5_vl",
+        "llava_next_video", "llava_onevision"}

@@ -22,6 +22,7 @@ import zipvl.testing.models as models_module
 from zipvl.testing import (
     MODEL_CLASSES,
     SUPPORTED_FAMILIES,
+    VIDEO_FAMILIES,
     VISION_FAMILIES,
     build_inputs,
     build_tiny_model,
@@ -93,7 +94,7 @@ def test_save_and_auto_load_round_trip_gives_identical_logits(family, tmp_path):
     loaded_processor = load_processor(tmp_path)
     assert type(loaded_model) is type(model)
     assert type(loaded_processor) is type(processor)
-    if family not in ("qwen2_vl", "qwen2_5_vl"):  # their stock processor needs torchvision
+    if family not in VIDEO_FAMILIES:  # their stock processor needs torchvision
         processor_loader = AutoProcessor if is_vision else AutoTokenizer
         assert type(processor_loader.from_pretrained(tmp_path)) is type(processor)
 

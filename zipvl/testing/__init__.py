@@ -5,7 +5,13 @@ downloaded. See `models.build_tiny_model`, `models.tiny_model_path` and
 `inputs.build_inputs`.
 """
 
-from zipvl.testing.configs import SUPPORTED_FAMILIES, TEXT_FAMILIES, VISION_FAMILIES, tiny_config
+from zipvl.testing.configs import (
+    SUPPORTED_FAMILIES,
+    TEXT_FAMILIES,
+    VIDEO_FAMILIES,
+    VISION_FAMILIES,
+    tiny_config,
+)
 from zipvl.testing.inputs import build_inputs, chat_messages, make_test_image
 from zipvl.testing.models import (
     MODEL_CLASSES,
@@ -15,18 +21,24 @@ from zipvl.testing.models import (
     tiny_model_path,
 )
 from zipvl.testing.processors import (
+    LlavaNextVideoImageOnlyProcessor,
+    LlavaOnevisionImageOnlyProcessor,
     Qwen2_5_VLImageOnlyProcessor,
     Qwen2VLImageOnlyProcessor,
     build_processor,
     load_processor,
 )
+from zipvl.testing.video_configs import video_processor_config
 
 __all__ = [
+    "LlavaNextVideoImageOnlyProcessor",
+    "LlavaOnevisionImageOnlyProcessor",
     "MODEL_CLASSES",
     "Qwen2VLImageOnlyProcessor",
     "Qwen2_5_VLImageOnlyProcessor",
     "SUPPORTED_FAMILIES",
     "TEXT_FAMILIES",
+    "VIDEO_FAMILIES",
     "VISION_FAMILIES",
     "build_inputs",
     "build_processor",
@@ -38,4 +50,5 @@ __all__ = [
     "save_tiny_model",
     "tiny_config",
     "tiny_model_path",
+    "video_processor_config",
 ]

@@ -4,8 +4,10 @@ Every text model has 2 layers, hidden size 64 and grouped-query attention
 (4 query heads sharing 2 KV heads, head_dim 16) so GQA code paths are
 exercised; vision towers are 2-layer and 32-wide, with 8-pixel patches so
 that a small image becomes tens of tokens. Shapes follow the published
-configs of Llama/Mistral/Qwen2, Llava-1.5, Llava-NeXT, Qwen2-VL and
-Qwen2.5-VL, shrunk.
+configs of Llama/Mistral/Qwen2, Llava-1.5, Llava-NeXT, Qwen2-VL, Qwen2.5-VL,
+LLaVA-NeXT-Video (llava-hf/LLaVA-NeXT-Video-7B-hf: Vicuna/Llama and CLIP) and
+LLaVA-OneVision (llava-hf/llava-onevision-qwen2-7b-ov-hf: Qwen2 and SigLIP),
+shrunk.
 """
 
 from __future__ import annotations
@@ -15,11 +17,14 @@ from transformers import (
     LlamaConfig,
     LlavaConfig,
     LlavaNextConfig,
+    LlavaNextVideoConfig,
+    LlavaOnevisionConfig,
     MistralConfig,
     PretrainedConfig,
     Qwen2_5_VLConfig,
     Qwen2Config,
     Qwen2VLConfig,
+    SiglipVisionConfig,
 )
 
 from zipvl.testing.tokenizer import (
@@ -32,13 +37,17 @@ from zipvl.testing.tokenizer import (
     MODEL_VOCAB_SIZE,
     PAD_TOKEN,
     VIDEO_PAD_TOKEN,
+    VIDEO_TOKEN,
     VISION_END_TOKEN,
     VISION_START_TOKEN,
     special_token_ids,
 )
 
 TEXT_FAMILIES: tuple[str, ...] = ("llama", "mistral", "qwen2")
-VISION_FAMILIES: tuple[str, ...] = ("llava", "llava_next", "qwen2_vl", "qwen2_5_vl")
+VISION_FAMILIES: tuple[str, ...] = (
+    "llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "llava_next_video", "llava_onevision")
+# Families whose checkpoints also read video (their real ones ship a video processor).
+VIDEO_FAMILIES: tuple[str, ...] = ("qwen2_vl", "qwen2_5_vl", "llava_next_video", "llava_onevision")
 SUPPORTED_FAMILIES: tuple[str, ...] = TEXT_FAMILIES + VISION_FAMILIES
 
 NUM_LAYERS = 2
@@ -60,6 +69,15 @@ PATCH_SIZE = 8
 CLIP_IMAGE_SIZE = 32
 # Llava-NeXT: base 32 x 32 view plus up to 2 x 2 tiles of it.
 LLAVA_NEXT_GRID_PINPOINTS = [[32, 64], [64, 32], [64, 64]]
+# LLaVA-NeXT-Video pools each frame's 4 x 4 patch features 2 x 2 (average, stride 2):
+# 4 tokens per 32 x 32 frame.
+LLAVA_NEXT_VIDEO_POOL_STRIDE = 2
+# LLaVA-OneVision: SigLIP (no CLS) sees 32 x 32 views; the grid includes the base view,
+# as the published 384 px grid does. "anyres_max_9" as published: at most 9 views' worth
+# of tile features before they are interpolated down.
+SIGLIP_IMAGE_SIZE = 32
+LLAVA_ONEVISION_GRID_PINPOINTS = [[32, 32], [32, 64], [64, 32], [64, 64]]
+LLAVA_ONEVISION_ASPECT_RATIO = "anyres_max_9"
 # Qwen2-VL: 2 x 2 patches merge into one token, so factor 16 px.
 QWEN_MERGE_SIZE = 2
 QWEN_TEMPORAL_PATCH_SIZE = 2
@@ -77,6 +95,8 @@ END_OF_TURN: dict[str, str] = {
     "llava_next": EOS_TOKEN,
     "qwen2_vl": IM_END_TOKEN,
     "qwen2_5_vl": IM_END_TOKEN,
+    "llava_next_video": EOS_TOKEN,
+    "llava_onevision": IM_END_TOKEN,
 }
 
 
@@ -125,6 +145,27 @@ def _clip_vision_config() -> CLIPVisionConfig:
     )
 
 
+def _siglip_vision_config() -> SiglipVisionConfig:
+    return SiglipVisionConfig(
+        hidden_size=VISION_HIDDEN_SIZE,
+        intermediate_size=2 * VISION_HIDDEN_SIZE,
+        num_hidden_layers=NUM_LAYERS,
+        num_attention_heads=VISION_HEADS,
+        image_size=SIGLIP_IMAGE_SIZE,
+        patch_size=PATCH_SIZE,
+        # LLaVA-OneVision uses the patch features only, not SigLIP's pooling head.
+        vision_use_head=False,
+    )
+
+
+def _qwen2_text_config(family: str) -> Qwen2Config:
+    return Qwen2Config(
+        use_sliding_window=False,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+        **_decoder_fields(family),
+    )
+
+
 def _qwen_vl_text_fields(family: str) -> dict:
     return {
         **_decoder_fields(family),
@@ -159,12 +200,9 @@ def tiny_config(family: str) -> PretrainedConfig:
             **_decoder_fields(family),
         )
     if family == "qwen2":
-        return Qwen2Config(
-            use_sliding_window=False,
-            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
-            **_decoder_fields(family),
-        )
+        return _qwen2_text_config(family)
     image_token_id = special_token_ids()[IMAGE_TOKEN]
+    video_token_id = special_token_ids()[VIDEO_TOKEN]
     if family == "llava":
         return LlavaConfig(
             vision_config=_clip_vision_config(),
@@ -184,6 +222,35 @@ def tiny_config(family: str) -> PretrainedConfig:
             vision_feature_layer=-2,
             image_grid_pinpoints=LLAVA_NEXT_GRID_PINPOINTS,
             image_seq_length=(CLIP_IMAGE_SIZE // PATCH_SIZE) ** 2,
+            **_token_ids(family),
+        )
+    if family == "llava_next_video":
+        image_seq_length = (CLIP_IMAGE_SIZE // PATCH_SIZE) ** 2
+        return LlavaNextVideoConfig(
+            vision_config=_clip_vision_config(),
+            text_config=_llama_text_config(family),
+            image_token_index=image_token_id,
+            video_token_index=video_token_id,
+            vision_feature_select_strategy="default",
+            vision_feature_layer=-2,
+            image_grid_pinpoints=LLAVA_NEXT_GRID_PINPOINTS,
+            spatial_pool_mode="average",
+            spatial_pool_stride=LLAVA_NEXT_VIDEO_POOL_STRIDE,
+            image_seq_length=image_seq_length,
+            # Read by no model code; the published 288 is half of its 576, kept in proportion.
+            video_seq_length=image_seq_length // 2,
+            **_token_ids(family),
+        )
+    if family == "llava_onevision":
+        return LlavaOnevisionConfig(
+            vision_config=_siglip_vision_config(),
+            text_config=_qwen2_text_config(family),
+            image_token_index=image_token_id,
+            video_token_index=video_token_id,
+            vision_feature_select_strategy="full",
+            vision_feature_layer=-1,
+            image_grid_pinpoints=LLAVA_ONEVISION_GRID_PINPOINTS,
+            vision_aspect_ratio=LLAVA_ONEVISION_ASPECT_RATIO,
             **_token_ids(family),
         )
     if family == "qwen2_vl":

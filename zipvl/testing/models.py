@@ -21,6 +21,8 @@ from transformers import (
     LlamaForCausalLM,
     LlavaForConditionalGeneration,
     LlavaNextForConditionalGeneration,
+    LlavaNextVideoForConditionalGeneration,
+    LlavaOnevisionForConditionalGeneration,
     MistralForCausalLM,
     PreTrainedModel,
     PreTrainedTokenizerBase,
@@ -30,8 +32,9 @@ from transformers import (
     Qwen2VLForConditionalGeneration,
 )
 
-from zipvl.testing.configs import SUPPORTED_FAMILIES, tiny_config
+from zipvl.testing.configs import SUPPORTED_FAMILIES, VIDEO_FAMILIES, tiny_config
 from zipvl.testing.processors import STOCK_PROCESSOR_NAMES, build_processor
+from zipvl.testing.video_configs import video_processor_json, write_video_processor_config
 
 MODEL_CLASSES: dict[str, type[PreTrainedModel]] = {
     "llama": LlamaForCausalLM,
@@ -41,6 +44,8 @@ MODEL_CLASSES: dict[str, type[PreTrainedModel]] = {
     "llava_next": LlavaNextForConditionalGeneration,
     "qwen2_vl": Qwen2VLForConditionalGeneration,
     "qwen2_5_vl": Qwen2_5_VLForConditionalGeneration,
+    "llava_next_video": LlavaNextVideoForConditionalGeneration,
+    "llava_onevision": LlavaOnevisionForConditionalGeneration,
 }
 
 CACHE_ENV_VAR = "ZIPVL_TINY_CACHE"
@@ -73,7 +78,11 @@ def build_tiny_model(
 
 
 def save_tiny_model(family: str, path: str | os.PathLike, seed: int = 0) -> Path:
-    """Save the tiny `family` model (float32) and its processor into `path`; returns `path`."""
+    """Save the tiny `family` model (float32) and its processor into `path`; returns `path`.
+
+    A video family's folder also gets the stock video processor's config
+    (`video_configs`), as real checkpoints have.
+    """
     path = Path(path)
     model, processor = build_tiny_model(family, seed=seed)
     path.mkdir(parents=True, exist_ok=True)
@@ -81,6 +90,8 @@ def save_tiny_model(family: str, path: str | os.PathLike, seed: int = 0) -> Path
     processor.save_pretrained(path)
     if family in STOCK_PROCESSOR_NAMES:
         _name_stock_processor_class(path, STOCK_PROCESSOR_NAMES[family])
+    if family in VIDEO_FAMILIES:
+        write_video_processor_config(family, path)
     return path
 
 
@@ -103,6 +114,11 @@ def default_cache_dir() -> Path:
     return Path(override) if override else _REPO_ROOT / ".cache" / "tiny-models"
 
 
+# Raised when what `save_tiny_model` writes changes in a way the parts below do not
+# show (2: video families also write video_preprocessor_config.json).
+CHECKPOINT_LAYOUT_VERSION = 2
+
+
 def tiny_model_fingerprint(family: str, seed: int = 0) -> str:
     """A hash of everything a saved tiny checkpoint is built from.
 
@@ -113,12 +129,14 @@ def tiny_model_fingerprint(family: str, seed: int = 0) -> str:
     processor = build_processor(family)
     tokenizer = getattr(processor, "tokenizer", processor)
     parts = [
+        str(CHECKPOINT_LAYOUT_VERSION),
         transformers.__version__,
         str(seed),
         tiny_config(family).to_json_string(),
         tokenizer.backend_tokenizer.to_str(),
         str(tokenizer.chat_template),
         processor.to_json_string() if isinstance(processor, ProcessorMixin) else "",
+        video_processor_json(family) if family in VIDEO_FAMILIES else "",
     ]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 

@@ -18,8 +18,9 @@ from transformers import PreTrainedTokenizerFast, Qwen2Tokenizer
 BOS_TOKEN = "<s>"
 EOS_TOKEN = "</s>"
 PAD_TOKEN = "<pad>"
-# Llava / LlavaNext image placeholder.
+# Llava / LlavaNext / LLaVA-NeXT-Video / LLaVA-OneVision image and video placeholders.
 IMAGE_TOKEN = "<image>"
+VIDEO_TOKEN = "<video>"
 # Qwen2-VL / Qwen2.5-VL placeholders and markers.
 IMAGE_PAD_TOKEN = "<|image_pad|>"
 VIDEO_PAD_TOKEN = "<|video_pad|>"
@@ -52,6 +53,8 @@ SPECIAL_TOKENS: tuple[str, ...] = (
     END_OF_TURN_TOKEN,
     INST_START_TOKEN,
     INST_END_TOKEN,
+    # Appended last, so that every earlier token keeps the id it had before it was added.
+    VIDEO_TOKEN,
 )
 
 # Learned vocabulary size (specials + 256 byte symbols + merges). Small on
