@@ -212,3 +212,13 @@ def test_the_stock_qwen_processor_reads_a_small_clip_as_tens_of_tokens(family):
     with torch.no_grad():
         output = model.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False)
     assert output.shape[1] > inputs["input_ids"].shape[1]
+
+
+@pytest.mark.parametrize("family", VIDEO_FAMILIES)
+def test_the_image_only_processors_refuse_videos_rather_than_drop_them(family):
+    _, processor = tiny(family)
+    text = processor.apply_chat_template(video_chat_messages("hi"), tokenize=False,
+                                         add_generation_prompt=True)
+    # Without the check the stock call drops the video and keeps one bare placeholder.
+    with pytest.raises(ValueError, match="image-only"):
+        processor(text=[text], videos=[make_test_video(0, "llava_onevision")])

@@ -61,9 +61,22 @@ SIGLIP_MEAN = [0.5, 0.5, 0.5]
 SIGLIP_STD = [0.5, 0.5, 0.5]
 
 
+class _RejectsVideo:
+    """Raise on `videos=` instead of the stock behaviour without a video processor, which
+    drops them silently and leaves one unexpanded placeholder per video."""
+
+    def __call__(self, images=None, text=None, videos=None, audio=None, **kwargs):
+        if videos is not None:
+            raise ValueError(
+                f"{type(self).__name__} is image-only (its stock processor's video processor "
+                "needs torchvision): pass video frames as images, or pixel_values_videos to the "
+                "model yourself (zipvl.testing.video_inputs)")
+        return super().__call__(images=images, text=text, audio=audio, **kwargs)
+
+
 # The pipeline's own copies live in ``pipeline/families.py``: zipvl never imports
 # pipeline, and the pipeline imports nothing from zipvl.testing but the tiny presets.
-class Qwen2VLImageOnlyProcessor(Qwen2VLProcessor):
+class Qwen2VLImageOnlyProcessor(_RejectsVideo, Qwen2VLProcessor):
     """`Qwen2VLProcessor` without a video processor (which would need torchvision).
 
     The sub-processors are read from `__init__`'s signature, so dropping the
@@ -76,14 +89,14 @@ class Qwen2VLImageOnlyProcessor(Qwen2VLProcessor):
         super().__init__(image_processor, tokenizer, chat_template=chat_template, **kwargs)
 
 
-class Qwen2_5_VLImageOnlyProcessor(Qwen2_5_VLProcessor):
+class Qwen2_5_VLImageOnlyProcessor(_RejectsVideo, Qwen2_5_VLProcessor):
     """`Qwen2_5_VLProcessor` without a video processor (see `Qwen2VLImageOnlyProcessor`)."""
 
     def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
         super().__init__(image_processor, tokenizer, chat_template=chat_template, **kwargs)
 
 
-class LlavaOnevisionImageOnlyProcessor(LlavaOnevisionProcessor):
+class LlavaOnevisionImageOnlyProcessor(_RejectsVideo, LlavaOnevisionProcessor):
     """`LlavaOnevisionProcessor` without a video processor (see `Qwen2VLImageOnlyProcessor`).
 
     Its own arguments are spelled out: `to_dict` (so `save_pretrained`) only
@@ -99,7 +112,7 @@ class LlavaOnevisionImageOnlyProcessor(LlavaOnevisionProcessor):
                          video_token=video_token, vision_aspect_ratio=vision_aspect_ratio, **kwargs)
 
 
-class LlavaNextVideoImageOnlyProcessor(LlavaNextVideoProcessor):
+class LlavaNextVideoImageOnlyProcessor(_RejectsVideo, LlavaNextVideoProcessor):
     """`LlavaNextVideoProcessor` without a video processor (see `Qwen2VLImageOnlyProcessor`).
 
     The stock `__init__` hands its sub-processors on positionally with the video
