@@ -82,16 +82,6 @@ class LlavaOnevisionImageOnlyProcessor(LlavaOnevisionProcessor):
                          video_token=video_token, vision_aspect_ratio=vision_aspect_ratio, **kwargs)
 
 
-# Model type -> the processor loaded instead of the stock one where torchvision does not
-# import: every family whose stock processor builds a video processor.
-IMAGE_ONLY_PROCESSORS: dict[str, type[ProcessorMixin]] = {
-    "qwen2_vl": Qwen2VLImageOnlyProcessor,
-    "qwen2_5_vl": Qwen2_5_VLImageOnlyProcessor,
-    "llava_next_video": LlavaNextVideoImageOnlyProcessor,
-    "llava_onevision": LlavaOnevisionImageOnlyProcessor,
-}
-
-
 @dataclass(frozen=True)
 class ModelFamily:
     """What the pipeline needs to know about one model family."""
@@ -114,8 +104,10 @@ class ModelFamily:
 FAMILIES: dict[str, ModelFamily] = {family.model_type: family for family in (
     ModelFamily("llava"),
     ModelFamily("llava_next"),
-    ModelFamily("llava_next_video", native_video=True),
-    ModelFamily("llava_onevision", native_video=True),
+    ModelFamily("llava_next_video", image_only_processor=LlavaNextVideoImageOnlyProcessor,
+                native_video=True),
+    ModelFamily("llava_onevision", image_only_processor=LlavaOnevisionImageOnlyProcessor,
+                native_video=True),
     ModelFamily("qwen2_vl", caps_image_tokens=True, image_only_processor=Qwen2VLImageOnlyProcessor,
                 native_video=True, video_frame_multiple=2),
     ModelFamily("qwen2_5_vl", caps_image_tokens=True,
@@ -123,6 +115,11 @@ FAMILIES: dict[str, ModelFamily] = {family.model_type: family for family in (
                 video_frame_multiple=2),
 )}
 MODEL_TYPES: tuple[str, ...] = tuple(FAMILIES)
+# Model type -> the processor loaded instead of the stock one where torchvision does not
+# import: every family whose stock processor builds a video processor.
+IMAGE_ONLY_PROCESSORS: dict[str, type[ProcessorMixin]] = {
+    name: family.image_only_processor for name, family in FAMILIES.items()
+    if family.image_only_processor is not None}
 
 
 @functools.cache

@@ -116,17 +116,26 @@ def load_model(settings: Any, zipvl_config: Any | None, device: str | torch.devi
 
 
 def load_processor(location: str, family: str, hub_kwargs: dict[str, Any]) -> Any:
-    """The checkpoint's processor: the stock one, or the family's image-only processor
-    where torchvision does not import (the stock one then cannot be built at all;
-    video reaches the model as frames, i.e. images, so nothing is lost)."""
+    """The checkpoint's processor: the stock one, or where torchvision does not import (the
+    stock one then cannot be built at all) the family's image-only processor with the
+    torchvision-free video processor of ``pipeline.video_processing`` attached."""
     from transformers import AutoProcessor
 
     from pipeline.families import FAMILIES, torchvision_imports
 
-    image_only = FAMILIES[family].image_only_processor
-    if image_only is not None and not torchvision_imports():
-        return image_only.from_pretrained(location, **hub_kwargs)
-    return AutoProcessor.from_pretrained(location, **hub_kwargs)
+    family_info = FAMILIES[family]
+    if family_info.image_only_processor is None or torchvision_imports():
+        return AutoProcessor.from_pretrained(location, **hub_kwargs)
+    processor = family_info.image_only_processor.from_pretrained(location, **hub_kwargs)
+    if family_info.native_video:
+        from pipeline.video_processing import attach_video_processor
+
+        try:
+            attach_video_processor(processor, location, family, hub_kwargs)
+        except OSError as error:  # a checkpoint with no video settings at all reads images only
+            logger.warning("%s has no video preprocessing settings (%s): it reads images only",
+                           location, first_line(error))
+    return processor
 
 
 def generate_rows(

@@ -53,7 +53,23 @@ def resolve_video_input(section: Any, family: str, location: str | None = None,
         sampling = FrameSampling(num_frames=section.sampled_frames, frame_multiple=multiple)
     frame_size = None
     if native and location is not None:
-        from pipeline.video_processing import frame_size_for
+        from pipeline.video_processing import load_video_settings, with_video_token_cap
 
-        frame_size = frame_size_for(location, family, hub_kwargs or {}, section.max_video_tokens)
+        settings = load_video_settings(location, family, hub_kwargs)
+        if FAMILIES[family].caps_image_tokens:
+            settings = with_video_token_cap(settings, section.max_video_tokens)
+        frame_size = ProcessorFrameSize(settings)
     return VideoInput(native=native, sampling=sampling, frame_size=frame_size)
+
+
+@dataclass(frozen=True)
+class ProcessorFrameSize:
+    """The ``FrameSize`` of a video processor: what it would resize a clip's frames to
+    (a picklable callable, shipped to the decode tasks)."""
+
+    settings: Any  # pipeline.video_processing.VideoProcessingSettings
+
+    def __call__(self, width: int, height: int, num_frames: int) -> tuple[int, int]:
+        from pipeline.video_processing import frame_size
+
+        return frame_size(self.settings, width, height, num_frames)

@@ -22,6 +22,7 @@ from pipeline.video_processing.settings import (
     VideoProcessingSettings,
     load_video_settings,
     settings_from_dict,
+    with_video_token_cap,
 )
 
 __all__ = [
@@ -35,4 +36,5 @@ __all__ = [
     "load_video_processor",
     "load_video_settings",
     "settings_from_dict",
+    "with_video_token_cap",
 ]

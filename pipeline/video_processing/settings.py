@@ -21,6 +21,7 @@ parity test compares every field with the stock processor where torchvision impo
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -150,6 +151,15 @@ _QWEN_KEYS = (
     "patch_size", "temporal_patch_size", "merge_size", "min_frames", "max_frames",
     "cap_pixels_per_frame", "max_video_tokens",
 )
+
+
+def with_video_token_cap(settings: VideoProcessingSettings,
+                         max_video_tokens: int | None) -> VideoProcessingSettings:
+    """Qwen `settings` spreading a budget of `max_video_tokens` over a clip's frames (the
+    stock ``cap_pixels_per_frame``); None: no budget, each frame keeps its own limit."""
+    if max_video_tokens is None:
+        return dataclasses.replace(settings, cap_pixels_per_frame=False)
+    return dataclasses.replace(settings, cap_pixels_per_frame=True, max_video_tokens=max_video_tokens)
 
 
 def settings_from_dict(family: str, config: dict[str, Any]) -> VideoProcessingSettings:
