@@ -81,7 +81,8 @@ $(VIDEO_PARITY_STAMP): pyproject.toml $(CONSTRAINTS)
 
 test-video-parity: $(VIDEO_PARITY_STAMP)
 	$(VIDEO_PARITY_VENV)/bin/python -c "import torchvision"
-	ZIPVL_REQUIRE_TORCHVISION=1 OMP_NUM_THREADS=1 $(VIDEO_PARITY_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/pipeline/test_video_parity.py
+	ZIPVL_REQUIRE_TORCHVISION=1 OMP_NUM_THREADS=1 $(VIDEO_PARITY_VENV)/bin/python -m pytest -q -p no:cacheprovider \
+		tests/pipeline/test_video_parity.py tests/zipvl_testing/test_tiny_video.py
 
 # Re-resolve constraints.txt: the newest versions pyproject.toml admits, in a fresh venv.
 # torch's local label (+cpu) is dropped so the same pin takes a CUDA build on a GPU
