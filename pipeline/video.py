@@ -14,8 +14,10 @@ than the clip should hold is abandoned for one sequential pass. Without a durati
 only the chosen frames: memory holds the sampled frames, never the whole clip.
 
 Frames are turned upright by their display matrix (``VideoFrame.rotation``, what
-phones record) and resized with PIL bicubic when ``frame_size`` asks for another
-size; every failure is a ``pipeline.media.MediaError`` saying what was wrong.
+phones record) and resized when ``frame_size`` asks for another size, with the video
+processors' own resize (``pipeline.video_processing.frames.resize_video``: torch's
+antialiased bicubic, as torchvision does it), so that resizing here and not again in
+the processor gives the pixels the stock processor would make; every failure is a ``pipeline.media.MediaError`` saying what was wrong.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
 from pipeline.media import MediaError, MediaReader, read_cell_bytes
@@ -258,8 +261,7 @@ def _finish(picks: list[_Timed], duration: float, sampling: FrameSampling,
     frames = [upright_rgb(pick.frame) for pick in kept]
     if frame_size is not None:
         size = tuple(frame_size(*frames[0].size, len(frames)))
-        frames = [frame if frame.size == size else
-                  frame.resize(size, Image.Resampling.BICUBIC) for frame in frames]
+        frames = [frame if frame.size == size else resized(frame, size) for frame in frames]
     return DecodedVideo(frames=frames, timestamps=[pick.time for pick in kept],
                         duration=duration, sampled_fps=len(frames) / duration,
                         read_sequentially=read_sequentially)
@@ -268,6 +270,14 @@ def _finish(picks: list[_Timed], duration: float, sampling: FrameSampling,
 def upright_rgb(frame: Any) -> Image.Image:
     """`frame` as an RGB image turned by its display matrix (counter-clockwise degrees)."""
     return rotate_upright(frame.to_image(), frame.rotation)
+
+
+def resized(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """`image` resized to `size` (width, height) as the video processors resize."""
+    from pipeline.video_processing.frames import resize_video
+
+    array = resize_video(np.asarray(image)[None], size[1], size[0], Image.Resampling.BICUBIC)
+    return Image.fromarray(array[0])
 
 
 def rotate_upright(image: Image.Image, rotation: int) -> Image.Image:

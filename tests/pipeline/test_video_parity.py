@@ -29,13 +29,13 @@ if not torchvision_imports():
 
 from transformers import AutoModelForImageTextToText, AutoProcessor, AutoVideoProcessor  # noqa: E402
 
+from pipeline.video import resized
 from pipeline.video_processing import (  # noqa: E402
     VIDEO_FAMILIES,
     frame_size,
     load_processor_without_torchvision,
     load_video_processor,
 )
-from pipeline.video_processing.frames import resize_video  # noqa: E402
 from tests.pipeline.video_checkpoints import (  # noqa: E402
     CLIP_SHAPES,
     HAND_WRITTEN_CONFIGS,
@@ -158,7 +158,8 @@ def test_frames_decoded_to_frame_size_give_the_stock_result(family, workspace):
     for frames, width, height in CLIP_SHAPES:
         clip = make_clip(frames, width, height, seed=frames)
         target = frame_size(settings, width, height, frames)
-        predecoded = resize_video(np.stack([np.asarray(frame) for frame in clip]), target[1], target[0], 3)
+        # What the decode stage hands on (pipeline.video resizes each frame to frame_size).
+        predecoded = np.stack([np.asarray(resized(frame, target)) for frame in clip])
         direct = stock([clip], return_tensors="pt")
         downscaled = stock([predecoded], return_tensors="pt")
         if qwen:
