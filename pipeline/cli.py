@@ -176,10 +176,17 @@ def _summary(spec: JobSpec) -> list[str]:
                   f"prefill {config.prefill}, selection {config.selection}")
     source = f"preset {settings.preset}, " if settings.preset else ""
     resources = spec.resources
+    video = spec.video
+    sampling = (f"{video.fps} fps, at most {video.max_frames} frames" if video.fps is not None
+                else f"{video.sampled_frames} frames")
+    video_line = [f"  video:     {video.mode} ({sampling}"
+                  + (f", at most {video.max_video_tokens} tokens" if video.max_video_tokens else "")
+                  + ")"] if columns.video is not None else []
     return [
         f"  input:     {spec.input.path} ({mapped})"
         + (f", first {spec.input.limit} rows" if spec.input.limit else ""),
         f"  task:      {spec.task.type}: {spec.task.prompt!r}",
+        *video_line,
         f"  model:     {settings.label} ({source}family {settings.family}, dtype {settings.dtype})",
         f"  zipvl:     {method}",
         f"  resources: {resources.workers} worker(s), gpus_per_worker {resources.gpus_per_worker}, "
