@@ -33,6 +33,7 @@ from zipvl.backends import flash
 from zipvl.cache import ZipVLCache, ZipVLLayer
 from zipvl.config import ZipVLConfig
 from zipvl.layer_policy import select_for_layer
+from zipvl.padding import PaddingLayout, padding_layout
 from zipvl.sparse_attention import (
     decode_attention,
     dense_causal_attention,
@@ -56,6 +57,9 @@ class ZipVLState:
     num_layers: int
     record: PrefillRecord = field(default_factory=PrefillRecord)
     _cache_ref: weakref.ref | None = field(default=None, repr=False)
+    # The padding mask of the current prefill and its layout: every layer gets the same mask
+    # object, so its one host read (``padding.padding_layout``) is paid once per prefill.
+    _padding: tuple[torch.Tensor, int, PaddingLayout] | None = field(default=None, repr=False)
 
     @property
     def cache(self) -> ZipVLCache | None:
@@ -67,6 +71,22 @@ class ZipVLState:
 
     def begin_prefill(self) -> None:
         self.record = PrefillRecord()
+        self._padding = None
+
+    def padding_layout(self, attention_mask: torch.Tensor | None, batch: int, num_tokens: int,
+                       device: torch.device) -> PaddingLayout:
+        """The layout of the prompt's real tokens, reused while the same mask object comes back."""
+        _check_padding_mask(attention_mask, num_tokens)
+        if attention_mask is None:
+            return PaddingLayout.unpadded(batch, num_tokens)
+        if self._padding is not None and self._padding[0] is attention_mask \
+                and self._padding[1] == num_tokens:
+            return self._padding[2]
+        valid = attention_mask[:, -num_tokens:].to(device=device, dtype=torch.bool)
+        layout = padding_layout(valid, batch, num_tokens)
+        # Holding the mask keeps its id from being reused by another tensor while cached.
+        self._padding = (attention_mask, num_tokens, layout)
+        return layout
 
 
 def register() -> None:
@@ -134,17 +154,16 @@ def _check_window(sliding_window: int | None, longest: int) -> None:
 
 def _longest_sequence(layer: ZipVLLayer) -> int:
     decoded = layer.logical_length - layer.prefill_length
-    return int(layer.prompt_tokens.max()) + decoded if layer.prompt_tokens.numel() else decoded
+    return max(layer.host_prompt_tokens, default=0) + decoded
 
 
 # ---- prefill ------------------------------------------------------------------------------
 
 
-def _valid_tokens(attention_mask: torch.Tensor | None, batch: int, num_tokens: int,
-                  device: torch.device) -> torch.Tensor | None:
-    """``[b, n]`` bool, True for real tokens; ``None`` when nothing is padding."""
+def _check_padding_mask(attention_mask: torch.Tensor | None, num_tokens: int) -> None:
+    """A 2-D ``[b, >= n]`` padding mask (1 = real token) or ``None``; anything else raises."""
     if attention_mask is None:
-        return None
+        return
     if attention_mask.ndim != 2:
         raise NotImplementedError(
             f"ZipVL needs a 2-D padding mask, got a {attention_mask.ndim}-D attention mask "
@@ -152,7 +171,6 @@ def _valid_tokens(attention_mask: torch.Tensor | None, batch: int, num_tokens: i
     if attention_mask.shape[-1] < num_tokens:
         raise ValueError(f"attention_mask covers {attention_mask.shape[-1]} positions, "
                          f"the prompt has {num_tokens}")
-    return attention_mask[:, -num_tokens:].to(device=device, dtype=torch.bool)
 
 
 def _prefill(state: ZipVLState, layer: ZipVLLayer | None, layer_idx: int, query: torch.Tensor,
@@ -164,25 +182,16 @@ def _prefill(state: ZipVLState, layer: ZipVLLayer | None, layer_idx: int, query:
         raise RuntimeError(f"ZipVL prefill got {key.shape[2]} keys for {num_tokens} queries: "
                            "the cache already held tokens that ZipVL did not compress")
     config = state.config
-    valid = _valid_tokens(attention_mask, batch, num_tokens, query.device)
-    positions: list[torch.Tensor | None] = []
-    for sample in range(batch):
-        if valid is None or bool(valid[sample].all()):
-            positions.append(None)
-        else:
-            positions.append(valid[sample].nonzero().squeeze(1))
-    prompt_tokens = [num_tokens if pos is None else int(pos.numel()) for pos in positions]
+    layout = state.padding_layout(attention_mask, batch, num_tokens, query.device)
+    prompt_tokens = layout.counts
     _check_window(sliding_window, max(prompt_tokens, default=0))
 
-    samples = []
-    for sample, pos in enumerate(positions):
-        sample_query, sample_key, sample_value = query[sample], key[sample], value[sample]
-        if pos is not None:
-            sample_query = sample_query.index_select(1, pos)
-            sample_key = sample_key.index_select(1, pos)
-            sample_value = sample_value.index_select(1, pos)
-        samples.append((sample_query, sample_key, sample_value))
-
+    # A loop over samples: each has its own unpadded length n_i and, after selection, its own
+    # budget p_i, so selection and the sparse kernels run on ragged shapes (the flash backend
+    # packs the batch into one varlen call where it can; see _prefill_outputs). Nothing in
+    # the loop reads a device value except the adaptive budget, which decides a shape.
+    samples = [(layout.take(query, sample), layout.take(key, sample), layout.take(value, sample))
+               for sample in range(batch)]
     kept_list, modes = [], []
     for sample, (sample_query, sample_key, _) in enumerate(samples):
         kept, mode = _choose_tokens(state, layer_idx, sample, sample_query, sample_key, scale)
@@ -192,16 +201,12 @@ def _prefill(state: ZipVLState, layer: ZipVLLayer | None, layer_idx: int, query:
     with record_function("zipvl.attention_kernel"):
         outputs = _prefill_outputs(config, samples, kept_list, modes, scale, query)
     output = query.new_zeros(batch, num_heads, num_tokens, head_dim)
-    for sample, (pos, sample_output) in enumerate(zip(positions, outputs)):
-        if sample_output is None:
-            continue
-        if pos is None:
-            output[sample] = sample_output
-        else:
-            output[sample].index_copy_(1, pos, sample_output.to(output.dtype))
+    for sample, sample_output in enumerate(outputs):
+        if sample_output is not None:
+            layout.put(output, sample, sample_output)
 
     if layer is not None:
-        kept_in_prompt = [kept if pos is None else pos[kept] for pos, kept in zip(positions, kept_list)]
+        kept_in_prompt = [layout.in_prompt(sample, kept) for sample, kept in enumerate(kept_list)]
         with record_function("zipvl.compress"):
             layer.compress(kept_in_prompt, prompt_tokens=prompt_tokens)
     state.record.add_layer(layer_idx, [int(kept.shape[-1]) for kept in kept_list], prompt_tokens,
@@ -295,8 +300,8 @@ def _maybe_recompress(config: ZipVLConfig, layer: ZipVLLayer, layer_idx: int,
     num_heads, head_dim = probes.shape[1], probes.shape[3]
     num_kv_heads = layer.keys.shape[1]
     kept_list = []
-    for sample, length in enumerate(layer.lengths.tolist()):
-        if int(layer.prompt_tokens[sample]) < config.min_prefill_len:
+    for sample, length in enumerate(layer.host_lengths):
+        if layer.host_prompt_tokens[sample] < config.min_prefill_len:
             kept_list.append(torch.arange(length, device=layer.keys.device)
                              .expand(num_kv_heads, length))
             continue

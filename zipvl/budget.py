@@ -34,10 +34,10 @@ def adaptive_budget(accumulated: torch.Tensor, total_mass: float, tau: float,
         return num_tokens
     ranked = torch.sort(accumulated.detach().to(torch.float64), descending=True).values
     cumulative = torch.cumsum(ranked, dim=0)
-    threshold = torch.tensor([tau * float(total_mass)], dtype=torch.float64,
-                             device=cumulative.device)
-    # Count of prefixes still below the threshold; the next one reaches it.
-    budget = int(torch.searchsorted(cumulative, threshold, side="left").item()) + 1
+    # Count of prefixes still below the threshold; the next one reaches it. The threshold
+    # goes in as a Python scalar (no host-to-device copy); the budget is a shape, so reading
+    # it back is the one host synchronisation a layer's selection needs.
+    budget = int(torch.searchsorted(cumulative, tau * float(total_mass), side="left").item()) + 1
     return _clamp_budget(min(budget, num_tokens), keep_last, num_tokens)
 
 

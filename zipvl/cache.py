@@ -11,12 +11,23 @@ Life of a layer: the first ``update`` (prefill) stores the full K/V and returns
 it; the ``"zipvl"`` attention function then calls ``compress`` with the kept
 positions of every sample, which drops everything else (padding included).
 Later ``update`` calls append.
+
+Host mirrors: every size a Python ``int`` is needed for (storage growth, the
+slice of the storage handed back, re-compression's per-sample slices) is read
+from ``host_lengths`` / ``host_prompt_tokens``, plain lists updated alongside
+the tensors, never from a device tensor: reading one (``int(t)``, ``.item()``,
+``.tolist()``) would stall the host until the device catches up, in every layer
+at every decoding step. The host knows these numbers anyway: the kept counts are
+the shapes of the kept sets, and each decoding step appends the same number of
+tokens to every sample.
 """
 
 from __future__ import annotations
 
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
+
+from zipvl.host_transfer import to_device
 
 # Decoding grows the storage geometrically so appends are amortised O(1):
 # new capacity = max(needed, capacity * _GROWTH + _MIN_GROWTH).
@@ -39,6 +50,9 @@ class ZipVLLayer(CacheLayerMixin):
     def __init__(self, **kwargs) -> None:
         super().__init__()
         self.lengths: torch.Tensor | None = None
+        # ``lengths`` and ``prompt_tokens`` as Python lists (see the module docstring).
+        self.host_lengths: list[int] = []
+        self.host_prompt_tokens: list[int] = []
         self.logical_length = 0
         self.prefill_length = 0
         self.prompt_tokens: torch.Tensor | None = None
@@ -79,6 +93,7 @@ class ZipVLLayer(CacheLayerMixin):
 
     def reset(self) -> None:
         self.keys = self.values = self.lengths = self.recent_queries = self.prompt_tokens = None
+        self.host_lengths, self.host_prompt_tokens = [], []
         self.logical_length = self.prefill_length = 0
         self.awaiting_compression = False
         self.decode_steps = 0
@@ -94,12 +109,13 @@ class ZipVLLayer(CacheLayerMixin):
 
     def batch_repeat_interleave(self, repeats: int) -> None:
         if self.keys is not None:
-            self._select_batch(torch.arange(self.keys.shape[0], device=self.keys.device)
-                               .repeat_interleave(repeats))
+            rows = [sample for sample in range(self.keys.shape[0]) for _ in range(repeats)]
+            self._select_batch(to_device(torch.tensor(rows), self.keys.device), rows)
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         if self.keys is not None:
-            self._select_batch(indices)
+            # One read of the indices per selection (not per step) keeps the host mirrors.
+            self._select_batch(indices, [int(row) for row in indices.tolist()])
 
     def offload(self) -> None:
         super().offload()
@@ -132,19 +148,22 @@ class ZipVLLayer(CacheLayerMixin):
         counts = [int(kept.shape[-1]) for kept in kept_per_sample]
         capacity = max(max(counts, default=0), 1)
         index = torch.zeros(batch, num_kv_heads, capacity, dtype=torch.long, device=device)
+        # One copy per sample: the kept sets are ragged (p_i differ), so they are padded into
+        # one index here and every later step runs batched; no copy reads a device value.
         for sample, kept in enumerate(kept_per_sample):
             if kept.shape[-1] > 0:
                 index[sample, :, : kept.shape[-1]] = kept.to(device)
-        lengths = torch.tensor(counts, dtype=torch.long, device=device)
+        lengths = to_device(torch.tensor(counts, dtype=torch.long), device)
         valid = torch.arange(capacity, device=device)[None, :] < lengths[:, None]
         gather_index = index[..., None].expand(-1, -1, -1, head_dim)
         # Slots past a sample's length are zeroed so no stale token can leak through a kernel.
         keep = valid[:, None, :, None]
         self.keys = torch.where(keep, self.keys.gather(2, gather_index), 0)
         self.values = torch.where(keep, self.values.gather(2, gather_index), 0)
-        self.lengths = lengths
+        self.lengths, self.host_lengths = lengths, counts
         if prompt_tokens is not None:
-            self.prompt_tokens = torch.tensor(prompt_tokens, dtype=torch.long)
+            self.host_prompt_tokens = list(prompt_tokens)
+            self.prompt_tokens = torch.tensor(self.host_prompt_tokens, dtype=torch.long)
         self.awaiting_compression = False
 
     def dense_tokens(self) -> int:
@@ -152,13 +171,11 @@ class ZipVLLayer(CacheLayerMixin):
         if self.prompt_tokens is None:
             return 0
         decoded = self.logical_length - self.prefill_length
-        return int(self.prompt_tokens.sum()) + decoded * self.prompt_tokens.numel()
+        return sum(self.host_prompt_tokens) + decoded * len(self.host_prompt_tokens)
 
     def kept_tokens(self) -> torch.Tensor:
         """Tokens held per sample, ``LongTensor[b]`` (padding slots not counted)."""
-        if self.lengths is None:
-            return torch.zeros(0, dtype=torch.long)
-        return self.lengths.detach().cpu()
+        return torch.tensor(self.host_lengths, dtype=torch.long)
 
     def bytes_per_token(self) -> int:
         """K and V bytes of one token of one sample in this layer (all KV heads)."""
@@ -169,7 +186,7 @@ class ZipVLLayer(CacheLayerMixin):
 
     def kept_bytes(self) -> int:
         """Bytes the kept tokens occupy: ``sum_i lengths[i] x Hk x d x 2 x element size``."""
-        return int(self.kept_tokens().sum()) * self.bytes_per_token()
+        return sum(self.host_lengths) * self.bytes_per_token()
 
     def allocated_bytes(self) -> int:
         """Bytes of the storage tensors, spare capacity included."""
@@ -190,8 +207,10 @@ class ZipVLLayer(CacheLayerMixin):
         batch, _, num_tokens, _ = key_states.shape
         self.keys, self.values = key_states, value_states
         self.lengths = torch.full((batch,), num_tokens, dtype=torch.long, device=key_states.device)
+        self.host_lengths = [num_tokens] * batch
         self.logical_length = self.prefill_length = num_tokens
         self.prompt_tokens = torch.full((batch,), num_tokens, dtype=torch.long)
+        self.host_prompt_tokens = [num_tokens] * batch
         self.awaiting_compression = True
         self.recent_queries = None
         self.decode_steps = 0
@@ -202,7 +221,7 @@ class ZipVLLayer(CacheLayerMixin):
         batch, num_kv_heads, num_new, head_dim = key_states.shape
         if batch != self.keys.shape[0]:
             raise ValueError(f"ZipVLCache holds a batch of {self.keys.shape[0]}, got {batch}")
-        needed = int(self.lengths.max()) + num_new
+        needed = max(self.host_lengths, default=0) + num_new
         capacity = self.keys.shape[2]
         if needed > capacity:
             self._grow(max(needed, int(capacity * _GROWTH) + _MIN_GROWTH))
@@ -211,9 +230,9 @@ class ZipVLLayer(CacheLayerMixin):
         self.keys.scatter_(2, index, key_states.to(self.keys.dtype))
         self.values.scatter_(2, index, value_states.to(self.values.dtype))
         self.lengths = self.lengths + num_new
+        self.host_lengths = [length + num_new for length in self.host_lengths]
         self.logical_length += num_new
-        used = int(self.lengths.max())
-        return self.keys[:, :, :used], self.values[:, :, :used]
+        return self.keys[:, :, :needed], self.values[:, :, :needed]
 
     def _grow(self, capacity: int) -> None:
         batch, num_kv_heads, old_capacity, head_dim = self.keys.shape
@@ -224,12 +243,14 @@ class ZipVLLayer(CacheLayerMixin):
         values[:, :, :old_capacity] = self.values
         self.keys, self.values = keys, values
 
-    def _select_batch(self, indices: torch.Tensor) -> None:
+    def _select_batch(self, indices: torch.Tensor, host_indices: list[int]) -> None:
         indices = indices.to(self.keys.device)
         self.keys = self.keys[indices]
         self.values = self.values[indices]
         self.lengths = self.lengths[indices]
-        self.prompt_tokens = self.prompt_tokens[indices.cpu()]
+        self.host_lengths = [self.host_lengths[row] for row in host_indices]
+        self.host_prompt_tokens = [self.host_prompt_tokens[row] for row in host_indices]
+        self.prompt_tokens = torch.tensor(self.host_prompt_tokens, dtype=torch.long)
         if self.recent_queries is not None:
             self.recent_queries = self.recent_queries[indices]
 

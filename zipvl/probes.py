@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from zipvl.host_transfer import to_device
+
 # A large prime keeps (seed, layer) pairs from colliding for any realistic layer count.
 _SEED_STRIDE = 1_000_003
 
@@ -42,4 +44,4 @@ def probe_positions(num_tokens: int, num_recent: int, num_random: int, seed: int
         positions = torch.cat([torch.sort(drawn).values, recent])
     else:
         positions = recent
-    return positions.to(device) if device is not None else positions
+    return to_device(positions, device)

@@ -83,14 +83,19 @@ def _kept_keys_with_band_attention_fused_mask(query: torch.Tensor, key: torch.Te
     token_positions = torch.arange(num_tokens, device=device)
     output = torch.empty_like(query)
     chunk = max(local_window, _MIN_QUERY_CHUNK)
-    for start in range(0, num_tokens, chunk):
+    starts = list(range(0, num_tokens, chunk))
+    # kept is sorted, so the keys a chunk may read through the vertical part are a prefix of
+    # each row: later kept keys are skipped, not masked. The prefix lengths of every chunk
+    # (the longest over KV heads) are shapes: read back in one transfer, not one per chunk.
+    last_vertical = (torch.arange(chunk, num_tokens + chunk, chunk, dtype=kept.dtype, device=device)
+                     .clamp_max(num_tokens) - 1 - local_window)
+    visible_per_chunk = torch.searchsorted(
+        kept.contiguous(), last_vertical.expand(num_kv_heads, -1).contiguous(),
+        right=True).amax(dim=0).tolist() if starts else []
+    for start, num_visible in zip(starts, visible_per_chunk):
         end = min(start + chunk, num_tokens)
         num_queries = end - start
         query_positions = token_positions[start:end]
-
-        # kept is sorted, so the keys this chunk may read through the vertical part are a
-        # prefix of each row: later kept keys are skipped, not masked.
-        num_visible = int((kept <= end - 1 - local_window).sum(dim=-1).max().item())
         vertical_allowed = (kept[:, None, :num_visible]
                             <= (query_positions - local_window)[None, :, None])
         band_start = max(0, start - local_window + 1)
@@ -200,9 +205,10 @@ def _kept_keys_with_band_attention_split(query: torch.Tensor, key: torch.Tensor,
                                device=device)
     kept_additive.scatter_(1, kept, 0.0)
     starts = list(range(0, num_tokens, query_chunk))
-    # Per chunk and KV head, how many kept keys are <= s - w: the length of part A.
-    boundaries = torch.tensor([start - local_window for start in starts], dtype=kept.dtype,
-                              device=device).expand(num_kv_heads, -1)
+    # Per chunk and KV head, how many kept keys are <= s - w: the length of part A. A CPU-only
+    # path (``_has_flash_with_lse``), so ``tolist`` reads host memory and waits for nothing.
+    boundaries = (torch.arange(0, num_tokens, query_chunk, dtype=kept.dtype, device=device)
+                  - local_window).expand(num_kv_heads, -1)
     prefix_lengths = torch.searchsorted(kept.contiguous(), boundaries.contiguous(),
                                         right=True).T.tolist() if starts else []
     patterns: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}

@@ -22,6 +22,8 @@ from functools import cache
 
 import torch
 
+from zipvl.host_transfer import to_device
+
 FLASH_DTYPES = (torch.float16, torch.bfloat16)
 
 VarlenKernel = Callable[..., torch.Tensor]
@@ -74,7 +76,7 @@ def _cumulative(lengths: list[int], device: torch.device) -> torch.Tensor:
     offsets = torch.zeros(len(lengths) + 1, dtype=torch.int32)
     if lengths:
         offsets[1:] = torch.cumsum(torch.tensor(lengths, dtype=torch.int32), 0)
-    return offsets.to(device)
+    return to_device(offsets, device)
 
 
 def gathered_prefill(queries: list[torch.Tensor], keys: list[torch.Tensor],
