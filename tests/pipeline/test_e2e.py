@@ -302,7 +302,7 @@ def test_videos_and_questions_with_qwen2_vl(ray_cluster, tmp_path: Path):
     rows = rows_by_id(table)
     assert sorted(rows) == sorted(expected_status)
     assert {row_id: row["status"] for row_id, row in rows.items()} == expected_status
-    assert "cannot decode video" in rows["video-broken"]["error"]
+    assert "not a video PyAV can open" in rows["video-broken"]["error"]
     assert "question" in rows["no-question"]["error"]
     assert "not found" in rows["image-missing-file"]["error"]
     assert "aspect ratio" in rows["image-too-thin"]["error"]
