@@ -12,6 +12,8 @@ Reads ``benchmarks/results/<name>-latest.json`` (or ``-quick-latest`` with
   and the time split (selection / attention / rest) at the longest length;
 * ``prefill_kept_per_layer.png``: kept ratio per layer;
 * ``decode_throughput.png``: tokens/s per batch and context, dense against ZipVL;
+* ``video_prefill.png``: long-video time to first token per variant with its FLOP floor,
+  the time split at the longest length, and the selection overhead's share of TTFT;
 * ``resume_scaling.png``: a rerun with 40 rows left against N finished rows: its extra
   seconds over a fresh 40-row job, the bytes it read against the bytes it needs, and
   the driver's peak memory.
@@ -206,6 +208,56 @@ def plot_resume(result: dict, suffix: str) -> list[str]:
     return [str(path)]
 
 
+def plot_video_prefill(result: dict, suffix: str) -> list[str]:
+    """TTFT against prompt tokens (median, min-max bars, FLOP floor dotted), the time split at
+    the longest length, and the selection overhead's share of TTFT (the paper's Table E)."""
+    lengths = sorted(result["figures"]["lengths"], key=lambda row: row["prompt_tokens"])
+    names = [variant["method"]["name"] for variant in lengths[0]["variants"]]
+    figure, (left, middle, right) = plt.subplots(1, 3, figsize=(18, 5))
+    tokens = [row["prompt_tokens"] for row in lengths]
+    for index, name in enumerate(names):
+        rows = [next(v for v in row["variants"] if v["method"]["name"] == name) for row in lengths]
+        colour = "black" if name == "dense" else f"C{index}"
+        medians = [v["ttft_seconds"] for v in rows]
+        errors = [[m - v["ttft_spread"]["min"] for m, v in zip(medians, rows)],
+                  [v["ttft_spread"]["max"] - m for m, v in zip(medians, rows)]]
+        left.errorbar(tokens, medians, yerr=errors, fmt="-o", color=colour, label=name,
+                      markersize=3, capsize=2)
+        left.plot(tokens, [v["floor_seconds"] for v in rows], ":", color=colour, linewidth=0.8)
+        if name != "dense":
+            right.plot(tokens, [100 * v["selection_share_of_ttft"] for v in rows], "-o",
+                       color=colour, label=name, markersize=3)
+    left.set_xscale("log", base=2)
+    left.set_yscale("log")
+    left.set_xlabel("prompt tokens (video)")
+    left.set_ylabel("time to first token, s (dotted: FLOP floor)")
+    left.legend(fontsize=7)
+    left.grid(alpha=0.3)
+    longest = lengths[-1]
+    parts = ("selection_total", "attention_kernel", "compress", "attention_glue", "rest_of_model")
+    bottoms = [0.0] * len(names)
+    for part in parts:
+        values = [v["split_seconds"][part] for v in longest["variants"]]
+        middle.barh(names, values, left=bottoms, label=part)
+        bottoms = [b + v for b, v in zip(bottoms, values)]
+    for index, variant in enumerate(longest["variants"]):
+        middle.text(bottoms[index], index, f" kept {variant['kept_ratio_mean']:.2f}", va="center",
+                    fontsize=7)
+    middle.set_xlabel(f"seconds at {longest['prompt_tokens']} tokens ({longest['frames']} frames)")
+    middle.legend(fontsize=7)
+    right.set_xscale("log", base=2)
+    right.set_xlabel("prompt tokens (video)")
+    right.set_ylabel("probes + selection, % of TTFT")
+    right.grid(alpha=0.3)
+    right.legend(fontsize=7)
+    figure.suptitle(f"{result['settings']['model']}", fontsize=9)
+    figure.tight_layout()
+    path = RESULTS_DIR / f"video_prefill{suffix}.png"
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return [str(path)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="plot the latest benchmark results")
     parser.add_argument("--quick", action="store_true", help="plot the --quick results")
@@ -213,7 +265,8 @@ def main() -> None:
     suffix = "-quick" if args.quick else ""
     written: list[str] = []
     for name, plotter in (("fidelity", plot_fidelity), ("prefill", plot_prefill),
-                          ("decode", plot_decode), ("resume", plot_resume)):
+                          ("decode", plot_decode), ("resume", plot_resume),
+                          ("video-prefill", plot_video_prefill)):
         result = _try_load(name, args.quick)
         if result is not None:
             written += plotter(result, suffix)
