@@ -276,7 +276,7 @@ def resized(image: Image.Image, size: tuple[int, int]) -> Image.Image:
     """`image` resized to `size` (width, height) as the video processors resize."""
     from pipeline.video_processing.frames import resize_video
 
-    array = resize_video(np.asarray(image)[None], size[1], size[0], Image.Resampling.BICUBIC)
+    array = resize_video(np.array(image)[None], size[1], size[0], Image.Resampling.BICUBIC)
     return Image.fromarray(array[0])
 
 
