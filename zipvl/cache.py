@@ -50,12 +50,12 @@ class ZipVLLayer(CacheLayerMixin):
     def __init__(self, **kwargs) -> None:
         super().__init__()
         self.lengths: torch.Tensor | None = None
-        # ``lengths`` and ``prompt_tokens`` as Python lists (see the module docstring).
+        # ``lengths`` as a Python list, and each sample's real prompt tokens (see the module
+        # docstring); ``prompt_tokens`` is derived from the latter.
         self.host_lengths: list[int] = []
         self.host_prompt_tokens: list[int] = []
         self.logical_length = 0
         self.prefill_length = 0
-        self.prompt_tokens: torch.Tensor | None = None
         # True between a prefill ``update`` and the ``compress`` that follows it.
         self.awaiting_compression = False
         # Recent decoding queries, the probes of ``recompress_every`` (see attention.py).
@@ -92,7 +92,7 @@ class ZipVLLayer(CacheLayerMixin):
         return -1
 
     def reset(self) -> None:
-        self.keys = self.values = self.lengths = self.recent_queries = self.prompt_tokens = None
+        self.keys = self.values = self.lengths = self.recent_queries = None
         self.host_lengths, self.host_prompt_tokens = [], []
         self.logical_length = self.prefill_length = 0
         self.awaiting_compression = False
@@ -163,13 +163,18 @@ class ZipVLLayer(CacheLayerMixin):
         self.lengths, self.host_lengths = lengths, counts
         if prompt_tokens is not None:
             self.host_prompt_tokens = list(prompt_tokens)
-            self.prompt_tokens = torch.tensor(self.host_prompt_tokens, dtype=torch.long)
         self.awaiting_compression = False
+
+    @property
+    def prompt_tokens(self) -> torch.Tensor | None:
+        """Real (unpadded) prompt tokens per sample, ``LongTensor[b]`` on the CPU; None
+        before a prefill."""
+        if self.keys is None:
+            return None
+        return torch.tensor(self.host_prompt_tokens, dtype=torch.long)
 
     def dense_tokens(self) -> int:
         """Tokens an uncompressed cache would hold: unpadded prompts plus decoded tokens."""
-        if self.prompt_tokens is None:
-            return 0
         decoded = self.logical_length - self.prefill_length
         return sum(self.host_prompt_tokens) + decoded * len(self.host_prompt_tokens)
 
@@ -209,7 +214,6 @@ class ZipVLLayer(CacheLayerMixin):
         self.lengths = torch.full((batch,), num_tokens, dtype=torch.long, device=key_states.device)
         self.host_lengths = [num_tokens] * batch
         self.logical_length = self.prefill_length = num_tokens
-        self.prompt_tokens = torch.full((batch,), num_tokens, dtype=torch.long)
         self.host_prompt_tokens = [num_tokens] * batch
         self.awaiting_compression = True
         self.recent_queries = None
@@ -250,7 +254,6 @@ class ZipVLLayer(CacheLayerMixin):
         self.lengths = self.lengths[indices]
         self.host_lengths = [self.host_lengths[row] for row in host_indices]
         self.host_prompt_tokens = [self.host_prompt_tokens[row] for row in host_indices]
-        self.prompt_tokens = torch.tensor(self.host_prompt_tokens, dtype=torch.long)
         if self.recent_queries is not None:
             self.recent_queries = self.recent_queries[indices]
 
