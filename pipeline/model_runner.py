@@ -100,8 +100,7 @@ def load_model(settings: Any, zipvl_config: Any | None, device: str | torch.devi
     device = torch.device(device)
     location = model_location(settings)
     common = hub_kwargs(settings)
-    config = AutoConfig.from_pretrained(location, **common)
-    family = settings.family if settings.family != "auto" else config.model_type
+    family = model_family(settings, AutoConfig.from_pretrained(location, **common))
     dtype = _DTYPES[settings.resolved_dtype(device.type == "cuda")]
     model = AutoModelForImageTextToText.from_pretrained(location, dtype=dtype, **common)
     model = model.to(device).eval()
@@ -113,6 +112,18 @@ def load_model(settings: Any, zipvl_config: Any | None, device: str | torch.devi
 
         model = zipvl.enable(model, zipvl_config)
     return LoadedModel(model, processor, family, settings.label, device, zipvl_config is not None)
+
+
+def model_family(settings: Any, config: Any | None = None) -> str:
+    """The family the job's model is: ``model.family``, or with ``auto`` its checkpoint
+    config's ``model_type`` (`config` when already loaded, else read here)."""
+    if settings.family != "auto":
+        return settings.family
+    if config is None:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(model_location(settings), **hub_kwargs(settings))
+    return config.model_type
 
 
 def load_processor(location: str, family: str, hub_kwargs: dict[str, Any]) -> Any:

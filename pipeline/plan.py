@@ -143,13 +143,8 @@ def _video_input(spec: Any) -> VideoInput | None:
     """How the decode stage samples and sizes video cells (None: the job has no video column)."""
     if spec.input.columns.video is None:
         return None
-    from transformers import AutoConfig
-
-    from pipeline.model_runner import hub_kwargs, model_location
+    from pipeline.model_runner import hub_kwargs, model_family, model_location
 
     settings = spec.model_settings()
-    location, common = model_location(settings), hub_kwargs(settings)
-    family = settings.family
-    if family == "auto":
-        family = AutoConfig.from_pretrained(location, **common).model_type
-    return resolve_video_input(spec.video, family, location, common)
+    return resolve_video_input(spec.video, model_family(settings), model_location(settings),
+                               hub_kwargs(settings))

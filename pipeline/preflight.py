@@ -58,7 +58,7 @@ def _column_problems(spec: Any, files: list[str]) -> list[str]:
 def _model_problems(spec: Any) -> list[str]:
     from transformers import AutoConfig
 
-    from pipeline.model_runner import hub_kwargs, model_location
+    from pipeline.model_runner import hub_kwargs, model_family, model_location
 
     settings = spec.model_settings()
     where = "model.preset" if settings.preset else "model.name_or_path"
@@ -69,7 +69,7 @@ def _model_problems(spec: Any) -> list[str]:
                 f"{first_line(error)}"]
     from pipeline.families import MODEL_TYPES
 
-    family = settings.family if settings.family != "auto" else config.model_type
+    family = model_family(settings, config)
     if family not in MODEL_TYPES:
         return [f"{where}: model type {config.model_type!r} is not supported "
                 f"(supported: {', '.join(MODEL_TYPES)})"]
