@@ -122,6 +122,16 @@ IMAGE_ONLY_PROCESSORS: dict[str, type[ProcessorMixin]] = {
     if family.image_only_processor is not None}
 
 
+def reads_native_video(mode: str, family: str) -> bool:
+    """Whether ``video.mode`` (``auto``, ``native``, ``frames``) means native video for
+    `family`; ``ValueError`` where ``native`` is asked of an image-only family."""
+    if mode == "frames":
+        return False
+    if mode == "native" and not FAMILIES[family].native_video:
+        raise ValueError(f"the {family} family reads images only: use video.mode frames (or auto)")
+    return FAMILIES[family].native_video
+
+
 @functools.cache
 def torchvision_imports() -> bool:
     """Whether torchvision imports here (installed is not enough: a build for another

@@ -44,7 +44,7 @@ from pydantic_core import PydanticCustomError
 
 from pipeline import presets
 from pipeline.errors import SpecError
-from pipeline.families import FAMILIES
+from pipeline.families import reads_native_video
 from pipeline.presets import Dtype, Family, FamilyOrAuto
 from pipeline.redaction import redact, secret_values
 from pipeline.spec_errors import FIELD_ERROR, field_error, unknown_key
@@ -337,9 +337,11 @@ class JobSpec(_Section):
             raise field_error("input.columns.prompt",
                                "only task.type vqa reads a prompt column; remove it for caption")
         family = self.model_settings().family
-        if self.video.mode == "native" and family != "auto" and not FAMILIES[family].native_video:
-            raise field_error("video.mode", f"the {family} family reads images only: use "
-                                             "video.mode frames (or auto)")
+        if family != "auto":  # otherwise the checkpoint names it: checked when the job plans
+            try:
+                reads_native_video(self.video.mode, family)
+            except ValueError as error:
+                raise field_error("video.mode", str(error)) from None
         if self.input.path == self.output.path:
             raise field_error("output.path", "must differ from input.path")
         try:

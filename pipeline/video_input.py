@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.errors import JobError
-from pipeline.families import FAMILIES
+from pipeline.families import FAMILIES, reads_native_video
 from pipeline.video import FrameSampling, FrameSize
 
 
@@ -27,16 +27,6 @@ class VideoInput:
     frame_size: FrameSize | None = None  # the size a frame is resized to at decode
 
 
-def reads_native_video(mode: str, family: str) -> bool:
-    """Whether ``video.mode`` (``auto``, ``native``, ``frames``) means native video for `family`."""
-    if mode == "frames":
-        return False
-    if mode == "native" and not FAMILIES[family].native_video:
-        raise JobError(f"video.mode: native, but the {family} family reads images only: "
-                       "use video.mode frames (or auto)")
-    return FAMILIES[family].native_video
-
-
 def resolve_video_input(section: Any, family: str, location: str | None = None,
                         hub_kwargs: dict[str, Any] | None = None) -> VideoInput:
     """The decode stage's video handling for the job's `section` (``spec.video``) and `family`.
@@ -44,7 +34,10 @@ def resolve_video_input(section: Any, family: str, location: str | None = None,
     `location` (a checkpoint folder or hub id) lets frames be sized to what the
     family's video processor will use; without it frames keep their decoded size.
     """
-    native = reads_native_video(section.mode, family)
+    try:
+        native = reads_native_video(section.mode, family)
+    except ValueError as error:  # a family only the checkpoint named (model.family: auto)
+        raise JobError(f"video.mode: native, but {error}") from None
     multiple = FAMILIES[family].video_frame_multiple if native else 1
     if section.fps is not None:
         sampling = FrameSampling(num_frames=None, fps=section.fps, max_frames=section.max_frames,
