@@ -276,10 +276,9 @@ class GenerateStage:
             "kept_ratio": [r.kept_ratio for r in results],
             "model": [self.model_label] * count,
             "method": [self.method_label] * count,
-            "frame_timestamps": [row["frame_timestamps"] if row["status"] == STATUS_OK else None
-                                 for row in rows],
-            "video_duration": [row["video_duration"] if row["status"] == STATUS_OK else None
-                               for row in rows],
+            # Set by the decode stage for video rows it decoded, null for the rest.
+            "frame_timestamps": [row["frame_timestamps"] for row in rows],
+            "video_duration": [row["video_duration"] for row in rows],
         }
         for name, value in self.worker.items():
             columns[name] = [value] * count
