@@ -132,11 +132,6 @@ def limit_video_tokens(processor: Any, family: str, max_video_tokens: int | None
     video_processor = getattr(processor, "video_processor", None)
     if video_processor is None or not FAMILIES[family].caps_image_tokens:
         return
-    if hasattr(video_processor, "settings"):  # pipeline.video_processing's, settings frozen
-        from pipeline.video_processing import with_video_token_cap
-
-        video_processor.settings = with_video_token_cap(video_processor.settings, max_video_tokens)
-        return
     video_processor.cap_pixels_per_frame = max_video_tokens is not None
     if max_video_tokens is not None:
         video_processor.max_video_tokens = max_video_tokens

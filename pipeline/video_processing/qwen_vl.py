@@ -14,6 +14,7 @@ Frames are sampled by the decoder, not here (``do_sample_frames`` must be off).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -103,6 +104,24 @@ class QwenVLVideoProcessor:
         self.merge_size = settings.merge_size
         self.size = dict(settings.size)
         self.return_metadata = settings.return_metadata
+
+    # The stock processor's token budget is set by assigning these two attributes (what
+    # ``pipeline.prompts.limit_video_tokens`` does); here they live in the frozen settings.
+    @property
+    def cap_pixels_per_frame(self) -> bool | None:
+        return self.settings.cap_pixels_per_frame
+
+    @cap_pixels_per_frame.setter
+    def cap_pixels_per_frame(self, value: bool | None) -> None:
+        self.settings = dataclasses.replace(self.settings, cap_pixels_per_frame=value)
+
+    @property
+    def max_video_tokens(self) -> int | None:
+        return self.settings.max_video_tokens
+
+    @max_video_tokens.setter
+    def max_video_tokens(self, value: int | None) -> None:
+        self.settings = dataclasses.replace(self.settings, max_video_tokens=value)
 
     def __call__(self, videos: Any, **kwargs: Any) -> BatchFeature:
         options = resolve_call_options(self.settings, kwargs)

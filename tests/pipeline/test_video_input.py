@@ -53,3 +53,25 @@ def test_the_frame_size_is_the_checkpoints_and_the_token_budget_shrinks_it():
     config = json.loads((tiny_model_path("llava_onevision") / "video_preprocessor_config.json")
                         .read_text())
     assert onevision(640, 480, 8) == (config["size"]["width"], config["size"]["height"])
+
+
+def test_max_video_tokens_caps_the_loaded_processor_as_it_does_the_decode_size():
+    from PIL import Image
+
+    from pipeline.model_runner import load_processor
+    from pipeline.prompts import limit_video_tokens
+
+    folder = str(tiny_model_path("qwen2_vl"))
+    patch = json.loads((tiny_model_path("qwen2_vl") / "video_preprocessor_config.json")
+                       .read_text())["patch_size"]
+    frames = [Image.new("RGB", (640, 480), (index * 20, 90, 30)) for index in range(8)]
+    free, capped = (load_processor(folder, "qwen2_vl", {}) for _ in range(2))
+    limit_video_tokens(free, "qwen2_vl", None)
+    limit_video_tokens(capped, "qwen2_vl", 8)
+    free_grid = free.video_processor([frames])["video_grid_thw"][0].tolist()
+    capped_grid = capped.video_processor([frames])["video_grid_thw"][0].tolist()
+    assert capped_grid[1] * capped_grid[2] < free_grid[1] * free_grid[2]
+    # The decode stage sizes frames to exactly what the capped processor resizes them to.
+    size = resolve_video_input(VideoSection(max_video_tokens=8), "qwen2_vl", folder).frame_size(
+        640, 480, 8)
+    assert size == (capped_grid[2] * patch, capped_grid[1] * patch)
