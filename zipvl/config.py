@@ -16,12 +16,13 @@ from typing import Any, Literal
 from zipvl.strategies import AdaptiveBudget, SelectionStrategy, strategy_from_value
 
 Selection = Literal["per_head", "shared"]
-PrefillMode = Literal["qkv", "kv", "kv_local", "dense"]
+PrefillMode = Literal["qkv", "kv", "kv_local", "kept_dense", "kept_dense_local", "dense"]
 Backend = Literal["auto", "sdpa", "flash"]
 Ranking = Literal["probes", "recent"]
 
 SELECTIONS: tuple[str, ...] = ("per_head", "shared")
-PREFILL_MODES: tuple[str, ...] = ("qkv", "kv", "kv_local", "dense")
+PREFILL_MODES: tuple[str, ...] = ("qkv", "kv", "kv_local", "kept_dense", "kept_dense_local",
+                                  "dense")
 BACKENDS: tuple[str, ...] = ("auto", "sdpa", "flash")
 RANKINGS: tuple[str, ...] = ("probes", "recent")
 
@@ -39,8 +40,10 @@ class ZipVLConfig:
     selection: ``per_head`` keeps a set per KV head; ``shared`` one set per layer.
     prefill: ``qkv`` (the paper's: attention among kept tokens only), ``kv`` (every
         query attends to the kept keys and itself), ``kv_local`` (kept keys plus a
-        causal window of ``local_window`` recent keys), ``dense`` (dense prefill,
-        cache compression only).
+        causal window of ``local_window`` recent keys), ``kept_dense`` (the kept
+        queries read every key, the dropped ones as ``kv_local``), ``kept_dense_local``
+        (the kept queries read every key, the dropped ones the window only), ``dense``
+        (dense prefill, cache compression only).
     dense_layers: layer indices that always run dense and keep a full cache.
     min_prefill_len: prompts shorter than this run dense.
     recompress_every: during decoding, re-select the cache every ``m`` steps (0 = off).

@@ -18,6 +18,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from zipvl.kept_query_attention import KEPT_QUERY_MODES, kept_query_attention
+from zipvl.partial_attention import (
+    attention_with_lse,
+    gather_tokens,
+    has_flash_with_lse,
+    merge_partial_attention,
+)
+
 # Queries per chunk in the fused-mask kv / kv_local path (non-CPU tensors, and the
 # reference the split CPU path is tested against), at least the local window: memory
 # is O(chunk * (p + chunk + window)) per head.
@@ -26,7 +34,6 @@ _MIN_QUERY_CHUNK = 256
 # tuned with ``benchmarks/bench_kernels.py``: smaller chunks shrink the masked part,
 # larger ones give the kernel larger tiles; 128 (x G folded heads) was fastest or tied.
 _SPLIT_QUERY_CHUNK = 128
-_FLASH_CPU_OP = "_scaled_dot_product_flash_attention_for_cpu"
 
 
 def dense_causal_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -35,11 +42,6 @@ def dense_causal_attention(query: torch.Tensor, key: torch.Tensor, value: torch.
     output = F.scaled_dot_product_attention(query[None], key[None], value[None], is_causal=True,
                                             scale=scale, enable_gqa=True)
     return output[0]
-
-
-def _gather_tokens(tensor: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
-    """``tensor [Hk, n, d]`` at ``kept [Hk, p]`` -> ``[Hk, p, d]``."""
-    return tensor.gather(1, kept[:, :, None].expand(-1, -1, tensor.shape[-1]))
 
 
 def _kept_tokens_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -56,7 +58,7 @@ def _kept_tokens_attention(query: torch.Tensor, key: torch.Tensor, value: torch.
     grouped_query = query.view(num_kv_heads, group, num_tokens, head_dim)
     kept_query = grouped_query.gather(2, query_index).reshape(num_heads, num_kept, head_dim)
     kept_output = F.scaled_dot_product_attention(
-        kept_query[None], _gather_tokens(key, kept)[None], _gather_tokens(value, kept)[None],
+        kept_query[None], gather_tokens(key, kept)[None], gather_tokens(value, kept)[None],
         is_causal=True, scale=scale, enable_gqa=True)[0]
     output = torch.zeros_like(grouped_query)
     output.scatter_(2, query_index,
@@ -78,8 +80,8 @@ def _kept_keys_with_band_attention_fused_mask(query: torch.Tensor, key: torch.Te
     num_kv_heads = key.shape[0]
     group = num_heads // num_kv_heads
     device = query.device
-    kept_keys = _gather_tokens(key, kept)
-    kept_values = _gather_tokens(value, kept)
+    kept_keys = gather_tokens(key, kept)
+    kept_values = gather_tokens(value, kept)
     token_positions = torch.arange(num_tokens, device=device)
     output = torch.empty_like(query)
     chunk = max(local_window, _MIN_QUERY_CHUNK)
@@ -111,46 +113,6 @@ def _kept_keys_with_band_attention_fused_mask(query: torch.Tensor, key: torch.Te
             attn_mask=allowed.reshape(1, num_heads, num_queries, -1), scale=scale,
             enable_gqa=True)[0]
     return output
-
-
-def _has_flash_with_lse(query: torch.Tensor) -> bool:
-    """Whether the CPU flash-attention op that also returns the log-sum-exp can run here.
-
-    Public SDPA returns no log-sum-exp, and the CUDA kernels behind it take no
-    partial results, so the split path below is CPU-only; the op is private
-    (``aten::_scaled_dot_product_flash_attention_for_cpu``, used as of torch 2.13),
-    hence the ``hasattr`` guard: without it the fused-mask path runs.
-    """
-    return query.device.type == "cpu" and hasattr(torch.ops.aten, _FLASH_CPU_OP)
-
-
-def _attention_with_lse(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                        additive_mask: torch.Tensor | None,
-                        scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """CPU flash attention ``[B, h, q, d]`` and its natural log-sum-exp ``[B, h, q]``.
-
-    ``key``/``value`` carry the same head count as ``query`` (stride-0 expanded views
-    are read in place). Measured on torch 2.13: the op refuses a boolean mask (it takes
-    an additive one of the query dtype), crashes the process (SIGFPE) on zero queries
-    or zero keys, and gives a fully masked row output 0 with log-sum-exp 0, not
-    ``-inf``; callers pass none of those.
-    """
-    operator = getattr(torch.ops.aten, _FLASH_CPU_OP)
-    output, lse = operator(query, key, value, 0.0, False, attn_mask=additive_mask, scale=scale)
-    return output, lse
-
-
-def _merge_partial_attention(output_a: torch.Tensor, lse_a: torch.Tensor,
-                             output_b: torch.Tensor, lse_b: torch.Tensor) -> torch.Tensor:
-    """Attention over the union of two disjoint key sets from each set's output and LSE.
-
-    ``(e^lse_a out_a + e^lse_b out_b) / (e^lse_a + e^lse_b) = lerp(out_b, out_a,
-    sigmoid(lse_a - lse_b))``: the softmax-rescaling identity of FlashAttention (Dao
-    et al., arXiv 2205.14135, Sec. 3.1) in the form that needs no max. Computed in the
-    LSE dtype (float32 for low-precision inputs): the merge adds one rounding.
-    """
-    weight_a = torch.sigmoid(lse_a - lse_b).unsqueeze(-1)
-    return torch.lerp(output_b.to(weight_a.dtype), output_a.to(weight_a.dtype), weight_a)
 
 
 def _band_pattern(num_queries: int, first_query_offset: int, num_keys: int, local_window: int,
@@ -198,15 +160,15 @@ def _kept_keys_with_band_attention_split(query: torch.Tensor, key: torch.Tensor,
     device = query.device
     grouped_query = query.view(num_kv_heads, group, num_tokens, head_dim)
     output = torch.empty_like(grouped_query)
-    kept_keys = _gather_tokens(key, kept)
-    kept_values = _gather_tokens(value, kept)
+    kept_keys = gather_tokens(key, kept)
+    kept_values = gather_tokens(value, kept)
     # Additive 0 / -inf per (KV head, position): whether the key is kept.
     kept_additive = torch.full((num_kv_heads, num_tokens), float("-inf"), dtype=query.dtype,
                                device=device)
     kept_additive.scatter_(1, kept, 0.0)
     starts = list(range(0, num_tokens, query_chunk))
     # Per chunk and KV head, how many kept keys are <= s - w: the length of part A. A CPU-only
-    # path (``_has_flash_with_lse``), so ``tolist`` reads host memory and waits for nothing.
+    # path (``has_flash_with_lse``), so ``tolist`` reads host memory and waits for nothing.
     boundaries = (torch.arange(0, num_tokens, query_chunk, dtype=kept.dtype, device=device)
                   - local_window).expand(num_kv_heads, -1)
     prefix_lengths = torch.searchsorted(kept.contiguous(), boundaries.contiguous(),
@@ -227,7 +189,7 @@ def _kept_keys_with_band_attention_split(query: torch.Tensor, key: torch.Tensor,
         late, band = patterns[pattern_key]
         mask = torch.where(late, kept_additive[:, None, slice_start:end], band)
         shape = (num_kv_heads, group, num_keys, head_dim)
-        output_b, lse_b = _attention_with_lse(
+        output_b, lse_b = attention_with_lse(
             chunk_query, key[:, None, slice_start:end].expand(shape),
             value[:, None, slice_start:end].expand(shape),
             mask[:, None].expand(num_kv_heads, group, num_queries, num_keys), scale)
@@ -239,11 +201,11 @@ def _kept_keys_with_band_attention_split(query: torch.Tensor, key: torch.Tensor,
             # The G query heads of the KV head fold into the query axis (they read the same
             # keys, unmasked): one call with G * q rows, which the CPU kernel tiles in
             # larger query blocks than q rows per head (measured ~5% faster at q = 128).
-            output_a, lse_a = _attention_with_lse(
+            output_a, lse_a = attention_with_lse(
                 chunk_query[kv_head].reshape(1, 1, group * num_queries, head_dim),
                 kept_keys[None, None, kv_head, :length], kept_values[None, None, kv_head, :length],
                 None, scale)
-            output[kv_head, :, start:end] = _merge_partial_attention(
+            output[kv_head, :, start:end] = merge_partial_attention(
                 output_a.view(group, num_queries, head_dim), lse_a.view(group, num_queries),
                 output_b[kv_head], lse_b[kv_head])
     return output.view(num_heads, num_tokens, head_dim)
@@ -260,7 +222,7 @@ def _kept_keys_with_band_attention(query: torch.Tensor, key: torch.Tensor, value
     elsewhere one fused masked SDPA call per query chunk
     (``_kept_keys_with_band_attention_fused_mask``).
     """
-    if _has_flash_with_lse(query):
+    if has_flash_with_lse(query):
         return _kept_keys_with_band_attention_split(query, key, value, kept, local_window, scale)
     return _kept_keys_with_band_attention_fused_mask(query, key, value, kept, local_window,
                                                      scale)
@@ -275,6 +237,8 @@ def sparse_prefill_attention(query: torch.Tensor, key: torch.Tensor, value: torc
     ``kv``: every query reads the kept keys before it and itself.
     ``kv_local``: every query reads the kept keys at or before ``i - local_window``
     plus the dense causal band of the last ``local_window`` keys. ``dense``: dense.
+    ``kept_dense`` / ``kept_dense_local``: the query-side modes of
+    ``kept_query_attention`` (kept queries read every key).
     """
     if mode == "dense":
         return dense_causal_attention(query, key, value, scale)
@@ -282,10 +246,12 @@ def sparse_prefill_attention(query: torch.Tensor, key: torch.Tensor, value: torc
         return _kept_tokens_attention(query, key, value, kept, scale)
     if mode == "kv":
         return _kept_keys_with_band_attention(query, key, value, kept, 1, scale)
+    if mode in ("kv_local", *KEPT_QUERY_MODES) and local_window < 1:
+        raise ValueError(f"local_window must be >= 1, got {local_window}")
     if mode == "kv_local":
-        if local_window < 1:
-            raise ValueError(f"local_window must be >= 1, got {local_window}")
         return _kept_keys_with_band_attention(query, key, value, kept, local_window, scale)
+    if mode in KEPT_QUERY_MODES:
+        return kept_query_attention(query, key, value, kept, mode, local_window, scale)
     raise ValueError(f"unknown prefill mode {mode!r}")
 
 

@@ -12,6 +12,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 import zipvl
+from zipvl.config import PREFILL_MODES
 from zipvl.testing import (
     SUPPORTED_FAMILIES,
     VISION_FAMILIES,
@@ -21,7 +22,6 @@ from zipvl.testing import (
 )
 from zipvl.testing.video_inputs import FRAME_VIDEO_FAMILIES, build_video_inputs, make_test_video
 
-PREFILL_MODES = ("qkv", "kv", "kv_local", "dense")
 WORDS = ("the quick brown fox jumps over a lazy dog while seven small birds sing near "
          "the old river and two cats watch from the warm red roof").split()
 NEW_TOKENS = 6

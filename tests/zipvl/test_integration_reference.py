@@ -75,9 +75,14 @@ def _allowed(kept_row: torch.Tensor, num_tokens: int, mode: str) -> torch.Tensor
         return causal & in_kept[None, :] & in_kept[:, None]
     if mode == "kv":
         return causal & (in_kept[None, :] | (key_index == query_index))
+    band = (query_index - key_index >= 0) & (query_index - key_index < LOCAL_WINDOW)
+    kept_before_band = in_kept[None, :] & (key_index <= query_index - LOCAL_WINDOW)
     if mode == "kv_local":
-        band = (query_index - key_index >= 0) & (query_index - key_index < LOCAL_WINDOW)
-        return (in_kept[None, :] & (key_index <= query_index - LOCAL_WINDOW)) | band
+        return kept_before_band | band
+    if mode == "kept_dense":
+        return torch.where(in_kept[:, None], causal, kept_before_band | band)
+    if mode == "kept_dense_local":
+        return torch.where(in_kept[:, None], causal, band)
     raise AssertionError(mode)
 
 
@@ -125,7 +130,7 @@ def _reference_decode(attention, kept_keys, kept_values, hidden, cos, sin):
     return _attend(attention, query, keys, values, allowed.expand(keys.shape[0], -1, -1))
 
 
-@pytest.mark.parametrize("mode", ["qkv", "kv", "kv_local"])
+@pytest.mark.parametrize("mode", ["qkv", "kv", "kv_local", "kept_dense", "kept_dense_local"])
 @pytest.mark.parametrize("family", SUPPORTED_FAMILIES)
 def test_forced_selection_matches_float64_reference(family, mode):
     """Prefill with forced kept tokens, then two decoding steps over the compressed cache."""

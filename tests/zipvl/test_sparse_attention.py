@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from zipvl import sparse_attention
+from zipvl import kept_query_attention, partial_attention, sparse_attention
 from zipvl.sparse_attention import (
     decode_attention,
     dense_causal_attention,
     sparse_prefill_attention,
 )
 
-MODES = ["qkv", "kv", "kv_local", "dense"]
+MODES = ["qkv", "kv", "kv_local", "kept_dense", "kept_dense_local", "dense"]
 
 
 def random_qkv(num_heads: int, num_kv_heads: int, num_tokens: int, head_dim: int = 8,
@@ -52,10 +52,17 @@ def mode_mask(kept_row: torch.Tensor, num_tokens: int, mode: str, local_window: 
     elif mode == "qkv":
         allowed = causal & in_kept[None, :] & in_kept[:, None]
         rows = in_kept
-    else:
+    elif mode in ("kv", "kv_local"):
         window = 1 if mode == "kv" else local_window
         band = causal & (query_position - key_position < window)
         allowed = band | (in_kept[None, :] & (key_position <= query_position - window))
+    else:
+        # Query-side modes: a kept row reads every key before it, a dropped row the band
+        # (and, for kept_dense, the kept keys before the band).
+        band = causal & (query_position - key_position < local_window)
+        dropped_row = band if mode == "kept_dense_local" else (
+            band | (in_kept[None, :] & (key_position <= query_position - local_window)))
+        allowed = torch.where(in_kept[:, None], causal, dropped_row)
     return allowed, rows
 
 
@@ -102,7 +109,7 @@ def test_sparse_prefill_matches_naive_masked_attention(num_heads, num_kv_heads, 
 
 
 @HEADS
-@pytest.mark.parametrize("mode", ["qkv", "kv", "kv_local"])
+@pytest.mark.parametrize("mode", ["qkv", "kv", "kv_local", "kept_dense", "kept_dense_local"])
 def test_keeping_every_token_is_dense_attention(num_heads, num_kv_heads, mode):
     num_tokens = 90
     query, key, value = random_qkv(num_heads, num_kv_heads, num_tokens, seed=7)
@@ -125,6 +132,24 @@ def test_low_precision_output_keeps_query_dtype():
     output = sparse_prefill_attention(query.bfloat16(), key.bfloat16(), value.bfloat16(), kept,
                                       "kv_local", 8, 0.35)
     torch.testing.assert_close(output.double(), expected, atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.parametrize("mode", ["kept_dense", "kept_dense_local"])
+@pytest.mark.parametrize("seed", range(4))
+def test_query_side_modes_without_the_cpu_op_match_the_split_kernel(monkeypatch, mode, seed):
+    """The masked path (non-CPU devices) and the log-sum-exp split path agree with float64."""
+    generator = torch.Generator().manual_seed(100 + seed)
+    num_tokens = int(torch.randint(2, 700, (1,), generator=generator))
+    budget = int(torch.randint(1, num_tokens + 1, (1,), generator=generator))
+    local_window = int(torch.randint(1, 200, (1,), generator=generator))
+    query, key, value = random_qkv(9, 3, num_tokens, seed=seed, dtype=torch.float32)
+    kept = random_kept(3, num_tokens, budget, min(budget, 8), seed=seed)
+    expected = naive_prefill(query, key, value, kept, mode, local_window, 0.3)
+    split = sparse_prefill_attention(query, key, value, kept, mode, local_window, 0.3)
+    monkeypatch.setattr(kept_query_attention, "has_flash_with_lse", lambda tensor: False)
+    masked = sparse_prefill_attention(query, key, value, kept, mode, local_window, 0.3)
+    torch.testing.assert_close(split.double(), expected, atol=2e-6, rtol=1e-5)
+    torch.testing.assert_close(masked.double(), expected, atol=2e-6, rtol=1e-5)
 
 
 def test_unknown_mode_is_refused():
@@ -295,7 +320,7 @@ def test_missing_private_op_falls_back_to_the_fused_mask_path(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the split path ran without its op")
 
-    monkeypatch.setattr(sparse_attention, "_FLASH_CPU_OP", "no_such_op_in_this_torch")
+    monkeypatch.setattr(partial_attention, "_FLASH_CPU_OP", "no_such_op_in_this_torch")
     monkeypatch.setattr(sparse_attention, "_kept_keys_with_band_attention_split", refuse)
     query, key, value = random_qkv(6, 2, 90, seed=5)
     kept = ragged_kept(2, 90, 40)
