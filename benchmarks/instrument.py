@@ -127,7 +127,9 @@ def attention_pairs(mode: str, kept: torch.Tensor | None, num_tokens: int,
 
     ``qkv``: causal among the kept tokens. ``kv``/``kv_local``: every query reads
     the kept keys ``j <= i - w`` plus its causal band of ``w`` keys (``w = 1`` for
-    ``kv``). ``dense`` (or no selection): all causal pairs.
+    ``kv``). ``kept_dense`` / ``kept_dense_local``: a kept query reads its ``i + 1``
+    causal keys, a dropped one its band plus (``kept_dense``) the kept keys
+    ``j <= i - w``. ``dense`` (or no selection): all causal pairs.
     """
     if mode == "dense" or kept is None:
         return dense_pairs(num_tokens)
@@ -136,10 +138,27 @@ def attention_pairs(mode: str, kept: torch.Tensor | None, num_tokens: int,
         if mode == "qkv":
             per_head.append(dense_pairs(len(row)))
             continue
+        if mode in ("kept_dense", "kept_dense_local"):
+            per_head.append(_query_side_pairs(row, num_tokens, local_window,
+                                              mode == "kept_dense"))
+            continue
         window = 1 if mode == "kv" else local_window
         vertical = sum(max(0, num_tokens - j - window) for j in row)
         per_head.append(vertical + band_pairs(num_tokens, window))
     return round(sum(per_head) / len(per_head))
+
+
+def _query_side_pairs(kept_row: list[int], num_tokens: int, window: int,
+                      dropped_read_kept: bool) -> int:
+    kept_set = set(kept_row)
+    pairs = sum(i + 1 for i in kept_row)
+    kept_before = 0  # kept keys j <= i - w, advanced with i
+    for i in range(num_tokens):
+        if i - window >= 0 and (i - window) in kept_set:
+            kept_before += 1
+        if i not in kept_set:
+            pairs += min(window, i + 1) + (kept_before if dropped_read_kept else 0)
+    return pairs
 
 
 def probe_pairs(num_tokens: int, num_probes: int) -> int:

@@ -1,0 +1,317 @@
+"""Benchmark: the frontier of answer fidelity against prefill speed, to choose the default on.
+
+Issue 13 asks for the default to sit on the Pareto front of greedy answer agreement
+against prefill speed-up, beside the peers at the same budget. Two phases, one
+result each, merged (with the front computed) by ``--phase front``:
+
+* ``fidelity`` (``frontier-fidelity-latest.json``): every configuration of
+  ``CONFIGS`` on the project's 12 documents (King James Bible + Python Language
+  Reference) and the held-out family (``corpus.HELD_OUT_SOURCE``), as
+  ``bench_fidelity.evaluate`` measures them: continuation NLL, greedy agreement over
+  the first 32 answer tokens, exact answers, title recall; then SnapKV-style and
+  StreamingLLM-style (``peers.py``) at the budget the window-ranked dense-prefill
+  configuration reached, summarised per text family.
+* ``speed`` (``frontier-speed-latest.json``): time to first token of every
+  configuration and the peers at 2K, 4K and 8K tokens (``bench_prefill.first_token``,
+  variants interleaved, median of ``--repeats``), the selection's share of it
+  (``instrument.py``), and the FLOP ceiling: the speed-up the configuration would
+  reach if it ran at dense SDPA's FLOP rate, ``FLOPs(dense) / FLOPs(config)``
+  (``bench_prefill.flops_of``), with the share of it reached.
+* ``front`` (``frontier-latest.json``, ``frontier.png``): both, joined per
+  configuration; the Pareto front of agreement against the 8K speed-up, and which
+  configurations meet issue 13's targets.
+
+    python -m benchmarks.bench_frontier --phase fidelity --threads 2
+    python -m benchmarks.bench_frontier --phase speed --threads 2
+    python -m benchmarks.bench_frontier --phase front
+    python -m benchmarks.bench_frontier --phase fidelity --quick   # 2 documents x 256 tokens
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from benchmarks import peers
+from benchmarks.bench_fidelity import dense_reference, evaluate
+from benchmarks.bench_prefill import first_token, flops_of
+from benchmarks.common import (
+    RESULTS_DIR,
+    add_threads_option,
+    apply_threads,
+    load_latest,
+    log,
+    write_partial,
+    write_result,
+)
+from benchmarks.corpus import HELD_OUT_SOURCE, build_documents, long_text_ids
+from benchmarks.instrument import Shape, instrumented
+from benchmarks.smollm2 import load_smollm2
+
+# SnapKV's observation window (Li et al., arXiv 2404.14469): rank by the last 32 queries,
+# max-pooled over 5 keys; the adaptive budget still comes from every probe.
+WINDOW_RANKING = {"ranking": "recent", "num_recent_probes": 32, "score_pooling": 5}
+PAPER_RANKING = {"ranking": "probes", "num_recent_probes": 64, "score_pooling": 1}
+POOLED_RANKING = {"ranking": "probes", "num_recent_probes": 64, "score_pooling": 3}
+# Every field that differs between configurations is spelled out, so a change of the
+# project defaults does not change what a name measures.
+_BASE = {"num_random_probes": 64, "keep_last": 64, "local_window": 128}
+CONFIGS: dict[str, dict] = {
+    "paper": {**_BASE, **PAPER_RANKING, "prefill": "qkv", "tau": 0.975},
+    "kv_local (previous default)": {**_BASE, **POOLED_RANKING, "prefill": "kv_local",
+                                    "tau": 0.975},
+    "dense prefill, window": {**_BASE, **WINDOW_RANKING, "prefill": "dense", "tau": 0.975},
+    "kv_local, window": {**_BASE, **WINDOW_RANKING, "prefill": "kv_local", "tau": 0.975},
+    "kept_dense, window": {**_BASE, **WINDOW_RANKING, "prefill": "kept_dense", "tau": 0.975},
+    "kept_dense_local, window": {**_BASE, **WINDOW_RANKING, "prefill": "kept_dense_local",
+                                 "tau": 0.975},
+    "qkv, window": {**_BASE, **WINDOW_RANKING, "prefill": "qkv", "tau": 0.975},
+    "kept_dense_local, window, tau 0.95": {**_BASE, **WINDOW_RANKING,
+                                           "prefill": "kept_dense_local", "tau": 0.95},
+    "kv_local, window, tau 0.95": {**_BASE, **WINDOW_RANKING, "prefill": "kv_local",
+                                   "tau": 0.95},
+}
+QUICK_CONFIGS = ("paper", "kv_local, window", "kept_dense_local, window")
+# The configuration whose budget the cache-only peers match: same cache, dense prefill.
+BUDGET_CONFIG = "dense prefill, window"
+BENCHMARK_SOURCES = ("kjv", "pyref")
+FULL_DOCUMENTS, HELD_OUT_DOCUMENTS = 12, 4
+FULL_LENGTHS, QUICK_LENGTHS = (2048, 4096, 8192), (1024,)
+# Issue 13's targets for the default.
+MAX_NLL_INCREASE = 0.01
+MIN_HELD_OUT_AGREEMENT = 0.7
+MIN_SPEEDUP_8K = 1.35
+MIN_PAPER_SPEEDUP_8K = 1.5
+
+
+def _metrics(rows: list[dict], dense_nll: dict[str, float]) -> dict:
+    """NLL increase (summed), agreement, exact and title recall over some documents."""
+    answers = [answer for row in rows for answer in row.get("answers", [])]
+    titles = [a["title_recall"] for a in answers if a["title_recall"] is not None]
+    return {
+        "documents": len(rows),
+        "nll_increase": (sum(r["nll"] for r in rows)
+                         / sum(dense_nll[r["document"]] for r in rows) - 1.0),
+        "kept_ratio": float(np.mean([r["kept_ratio"] for r in rows])),
+        "agreement": float(np.mean([a["agreement"] for a in answers])) if answers else None,
+        "exact_match": float(np.mean([a["exact_match"] for a in answers])) if answers else None,
+        "title_recall": float(np.mean(titles)) if titles else None,
+    }
+
+
+def fidelity_phase(args: argparse.Namespace, started: float) -> None:
+    model, tokenizer = load_smollm2()
+    context_tokens = 256 if args.quick else args.context_tokens
+    counts = (1, 1) if args.quick else (FULL_DOCUMENTS, HELD_OUT_DOCUMENTS)
+    documents = (build_documents(tokenizer, context_tokens, 128, counts[0], BENCHMARK_SOURCES)
+                 + build_documents(tokenizer, context_tokens, 128, counts[1],
+                                   (HELD_OUT_SOURCE,)))
+    families = {"benchmark": [d.name for d in documents if d.source in BENCHMARK_SOURCES],
+                "held_out": [d.name for d in documents if d.source == HELD_OUT_SOURCE]}
+    names = QUICK_CONFIGS if args.quick else tuple(args.configs or CONFIGS)
+    settings = {"context_tokens": context_tokens, "continuation_tokens": 128,
+                "answer_tokens": 32, "families": families,
+                "configs": {name: CONFIGS[name] for name in names},
+                "budget_config": BUDGET_CONFIG,
+                "peers": {"snapkv_window": peers.SNAPKV_WINDOW,
+                          "snapkv_pooling": peers.SNAPKV_POOLING,
+                          "streaming_sink_tokens": peers.STREAMING_SINK_TOKENS}}
+    log(f"{len(documents)} documents x {context_tokens} tokens; {len(names)} configurations")
+    dense_nll, prompts, dense_rows = dense_reference(model, tokenizer, documents, 32)
+    nll_by_document = {d.name: nll for d, nll in zip(documents, dense_nll)}
+    runs: list[dict] = []
+
+    def run(name: str, method: peers.Method) -> dict:
+        result = evaluate(model, tokenizer, method, documents, dense_nll, prompts, True, 32,
+                          {"config_name": name, "family": method.family})
+        result["by_family"] = {
+            family: _metrics([r for r in result["per_document"] if r["document"] in members],
+                             nll_by_document)
+            for family, members in families.items() if members}
+        runs.append(result)
+        write_partial("frontier-fidelity", args.quick, settings,
+                      {"dense": dense_rows, "runs": runs}, started)
+        return result
+
+    for name in names:
+        run(name, peers.zipvl_method(name, **CONFIGS[name]))
+    budget_run = next((r for r in runs if r["config_name"] == BUDGET_CONFIG), runs[-1])
+    ratio = budget_run["kept_ratio"]
+    run("SnapKV-style", peers.snapkv_method(f"snapkv r={ratio:.3f}", ratio))
+    run("StreamingLLM-style", peers.streaming_method(f"streaming r={ratio:.3f}", ratio))
+    write_result("frontier-fidelity", args.quick, settings, {"dense": dense_rows, "runs": runs},
+                 started)
+    (RESULTS_DIR / ("frontier-fidelity-quick-partial.json" if args.quick
+                    else "frontier-fidelity-partial.json")).unlink(missing_ok=True)
+
+
+def speed_methods(names: tuple[str, ...], peer_ratio: float) -> list[tuple[str, peers.Method]]:
+    methods = [("dense", peers.DENSE)]
+    methods += [(name, peers.zipvl_method(name, **CONFIGS[name])) for name in names]
+    methods += [("SnapKV-style", peers.snapkv_method("snapkv", peer_ratio)),
+                ("StreamingLLM-style", peers.streaming_method("streaming", peer_ratio))]
+    return methods
+
+
+def speed_phase(args: argparse.Namespace, started: float) -> None:
+    model, tokenizer = load_smollm2()
+    shape = Shape.of(model.config)
+    names = QUICK_CONFIGS if args.quick else tuple(args.configs or CONFIGS)
+    lengths = tuple(args.lengths or (QUICK_LENGTHS if args.quick else FULL_LENGTHS))
+    repeats = 1 if args.quick else args.repeats
+    methods = speed_methods(names, args.peer_ratio)
+    settings = {"lengths": list(lengths), "repeats": repeats, "peer_ratio": args.peer_ratio,
+                "configs": {name: CONFIGS[name] for name in names},
+                "text": "King James Bible from Genesis 1 (corpus.long_text_ids)",
+                "timing": "one 512-token warm-up per variant, then the variants interleaved "
+                          "per repetition; median TTFT",
+                "ceiling": "FLOPs(dense) / FLOPs(config): the speed-up at dense SDPA's FLOP "
+                           "rate (linear layers, attention pairs of the actual kept positions, "
+                           "probes, LM head)"}
+    warm_up = long_text_ids(tokenizer, 512)[None]
+    for _, method in methods:
+        with peers.applied(model, method):
+            first_token(model, warm_up)
+    cells = []
+    for length in lengths:
+        input_ids = long_text_ids(tokenizer, length)[None]
+        samples: dict[str, list[dict]] = {name: [] for name, _ in methods}
+        for _ in range(repeats):
+            for name, method in methods:
+                with peers.applied(model, method), instrumented() as timings:
+                    token, seconds, _ = first_token(model, input_ids)
+                    stats = peers.prefill_stats(model)
+                samples[name].append({"seconds": seconds, "token": token,
+                                      "selection": timings.seconds.get("select_total", 0.0),
+                                      "kept_ratio": (float(stats.kept_ratio.mean())
+                                                     if stats is not None else 1.0)})
+        # One untimed run per method records the kept positions the FLOP count needs.
+        kept_by_method = {}
+        for name, method in methods:
+            kept: dict[int, torch.Tensor] = {}
+            with peers.applied(model, method, kept=kept):
+                first_token(model, input_ids)
+            kept_by_method[name] = kept
+        dense_flops = flops_of(peers.DENSE, shape, length, {})["total"]
+        dense_seconds = statistics.median(s["seconds"] for s in samples["dense"])
+        for name, method in methods:
+            runs = samples[name]
+            seconds = statistics.median(r["seconds"] for r in runs)
+            flops = flops_of(method, shape, length, kept_by_method[name])
+            ceiling = dense_flops / flops["total"]
+            speedup = dense_seconds / seconds
+            cell = {"length": length, "config_name": name, "method": method.describe(),
+                    "ttft_seconds": seconds, "ttft_all": [r["seconds"] for r in runs],
+                    "speedup_vs_dense": speedup, "flop_ceiling_speedup": ceiling,
+                    "share_of_ceiling": speedup / ceiling,
+                    "selection_seconds": statistics.median(r["selection"] for r in runs),
+                    "selection_share_of_ttft": statistics.median(r["selection"] / r["seconds"]
+                                                                 for r in runs),
+                    "kept_ratio": runs[-1]["kept_ratio"], "flops": flops,
+                    "first_token_matches_dense": runs[-1]["token"] == samples["dense"][-1]["token"]}
+            cells.append(cell)
+            log(f"{length:>5} {name:<38} TTFT {seconds:6.2f} s  x{speedup:.2f} (ceiling "
+                f"x{ceiling:.2f}, {100 * speedup / ceiling:.0f}%)  select "
+                f"{100 * cell['selection_share_of_ttft']:.1f}%  kept {cell['kept_ratio']:.3f}")
+        write_partial("frontier-speed", args.quick, settings, {"cells": cells}, started)
+    write_result("frontier-speed", args.quick, settings, {"cells": cells}, started)
+    (RESULTS_DIR / ("frontier-speed-quick-partial.json" if args.quick
+                    else "frontier-speed-partial.json")).unlink(missing_ok=True)
+
+
+def pareto_front(points: dict[str, tuple[float, float]]) -> list[str]:
+    """Names of the points no other point beats on both coordinates (higher is better)."""
+    front = []
+    for name, (x, y) in points.items():
+        dominated = any(ox >= x and oy >= y and (ox > x or oy > y)
+                        for other, (ox, oy) in points.items() if other != name)
+        if not dominated:
+            front.append(name)
+    return sorted(front, key=lambda name: points[name][0])
+
+
+def front_phase(args: argparse.Namespace, started: float) -> None:
+    fidelity = load_latest("frontier-fidelity", args.quick)
+    speed = load_latest("frontier-speed", args.quick)
+    longest = max(cell["length"] for cell in speed["figures"]["cells"])
+    speed_at = {(c["config_name"], c["length"]): c for c in speed["figures"]["cells"]}
+    rows = []
+    for run in fidelity["figures"]["runs"]:
+        name = run["config_name"]
+        row = {"config_name": name, "family": run["family"],
+               "config": run["method"]["config"], **{
+                   f"{family}_{key}": value for family, metrics in run["by_family"].items()
+                   for key, value in metrics.items() if key != "documents"},
+               "agreement": run["agreement"], "nll_increase": run["nll_increase"],
+               "kept_ratio": run["kept_ratio"]}
+        for length in sorted({c["length"] for c in speed["figures"]["cells"]}):
+            cell = speed_at.get((name, length))
+            if cell is not None:
+                row[f"speedup_{length}"] = cell["speedup_vs_dense"]
+                row[f"ceiling_{length}"] = cell["flop_ceiling_speedup"]
+                row[f"share_of_ceiling_{length}"] = cell["share_of_ceiling"]
+                row[f"selection_share_{length}"] = cell["selection_share_of_ttft"]
+        rows.append(row)
+    timed = {r["config_name"]: (r[f"speedup_{longest}"], r["agreement"]) for r in rows
+             if f"speedup_{longest}" in r}
+    front = pareto_front(timed)
+    snapkv = next((r for r in rows if r["family"] == "snapkv"), None)
+    for row in rows:
+        row["on_front"] = row["config_name"] in front
+        row["meets_targets"] = {
+            "nll_within_1pct": row["nll_increase"] <= MAX_NLL_INCREASE,
+            "agreement_at_least_snapkv": snapkv is not None
+            and row["agreement"] >= snapkv["agreement"],
+            "held_out_agreement_at_least_0.7": (row.get("held_out_agreement") or 0.0)
+            >= MIN_HELD_OUT_AGREEMENT,
+            f"speedup_{longest}_at_least_{MIN_SPEEDUP_8K}": row.get(f"speedup_{longest}", 0.0)
+            >= MIN_SPEEDUP_8K}
+        log(f"{row['config_name']:<38} agree {row['agreement']:.2f}  NLL "
+            f"{100 * row['nll_increase']:+.2f}%  x{row.get(f'speedup_{longest}', float('nan')):.2f}"
+            f"  {'front' if row['on_front'] else ''}  {row['meets_targets']}")
+    settings = {"fidelity": {k: fidelity[k] for k in ("created_utc", "command", "settings")},
+                "speed": {k: speed[k] for k in ("created_utc", "command", "settings")},
+                "front_axes": f"agreement (all documents) against speed-up at {longest} tokens",
+                "targets": {"max_nll_increase": MAX_NLL_INCREASE,
+                            "min_held_out_agreement": MIN_HELD_OUT_AGREEMENT,
+                            "min_speedup": MIN_SPEEDUP_8K,
+                            "min_paper_speedup": MIN_PAPER_SPEEDUP_8K}}
+    path = write_result("frontier", args.quick, settings, {"rows": rows, "front": front},
+                        started)
+    log(f"wrote {path}")
+    from benchmarks.plot import plot_frontier
+
+    for written in plot_frontier(load_latest("frontier", args.quick),
+                                 "-quick" if args.quick else ""):
+        log(f"wrote {written}")
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--phase", choices=("fidelity", "speed", "front"), required=True)
+    parser.add_argument("--quick", action="store_true",
+                        help="2 short documents, 3 configurations, 1K tokens, one repetition")
+    parser.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=None)
+    parser.add_argument("--context-tokens", type=int, default=1024)
+    parser.add_argument("--lengths", type=int, nargs="+", default=None)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--peer-ratio", type=float, default=0.5,
+                        help="kept ratio of the SnapKV / StreamingLLM peers in the speed phase")
+    add_threads_option(parser)
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    started = time.perf_counter()
+    apply_threads(args.threads)
+    {"fidelity": fidelity_phase, "speed": speed_phase, "front": front_phase}[args.phase](
+        args, started)
+
+
+if __name__ == "__main__":
+    main()
