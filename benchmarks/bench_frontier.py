@@ -74,6 +74,12 @@ CONFIGS: dict[str, dict] = {
                                            "prefill": "kept_dense_local", "tau": 0.95},
     "kv_local, window, tau 0.95": {**_BASE, **WINDOW_RANKING, "prefill": "kv_local",
                                    "tau": 0.95},
+    # The window alone also sets the budget: 32 probes instead of 96, a third of the
+    # selection's probe attention.
+    "kept_dense_local, window only": {**_BASE, **WINDOW_RANKING, "num_random_probes": 0,
+                                      "prefill": "kept_dense_local", "tau": 0.975},
+    "kv_local, window only": {**_BASE, **WINDOW_RANKING, "num_random_probes": 0,
+                              "prefill": "kv_local", "tau": 0.975},
 }
 QUICK_CONFIGS = ("paper", "kv_local, window", "kept_dense_local, window")
 # The configuration whose budget the cache-only peers match: same cache, dense prefill.

@@ -14,6 +14,8 @@ Reads ``benchmarks/results/<name>-latest.json`` (or ``-quick-latest`` with
 * ``decode_throughput.png``: tokens/s per batch and context, dense against ZipVL;
 * ``video_prefill.png``: long-video time to first token per variant with its FLOP floor,
   the time split at the longest length, and the selection overhead's share of TTFT;
+* ``frontier.png``: greedy agreement against the 8K prefill speed-up per configuration
+  and peer, with the Pareto front (``bench_frontier``);
 * ``resume_scaling.png``: a rerun with 40 rows left against N finished rows: its extra
   seconds over a fresh 40-row job, the bytes it read against the bytes it needs, and
   the driver's peak memory.
@@ -258,6 +260,40 @@ def plot_video_prefill(result: dict, suffix: str) -> list[str]:
     return [str(path)]
 
 
+def plot_frontier(result: dict, suffix: str) -> list[str]:
+    """Agreement against the longest length's prefill speed-up, the Pareto front joined."""
+    rows = [r for r in result["figures"]["rows"]]
+    longest = max(int(key.split("_")[1]) for r in rows for key in r
+                  if key.startswith("speedup_"))
+    speed_key = f"speedup_{longest}"
+    figure, axes = plt.subplots(1, 2, figsize=(13, 5.5))
+    for axis, agreement_key, title in ((axes[0], "agreement", "all documents"),
+                                       (axes[1], "held_out_agreement", "held-out family")):
+        timed = [r for r in rows if speed_key in r and r.get(agreement_key) is not None]
+        for row in timed:
+            is_peer = row["family"] != "zipvl"
+            axis.scatter(row[speed_key], row[agreement_key], marker="s" if is_peer else "o",
+                         color="tab:gray" if is_peer else
+                         ("tab:red" if row["on_front"] else "tab:blue"), zorder=3)
+            axis.annotate(row["config_name"], (row[speed_key], row[agreement_key]),
+                          fontsize=7, xytext=(4, 3), textcoords="offset points")
+        front = sorted((r for r in timed if r["on_front"]), key=lambda r: r[speed_key])
+        axis.plot([r[speed_key] for r in front], [r[agreement_key] for r in front], "-",
+                  color="tab:red", alpha=0.5, label="Pareto front (all documents)")
+        axis.axvline(1.35, color="tab:green", linestyle=":", label="1.35x target")
+        axis.axhline(0.7, color="tab:orange", linestyle=":", label="0.7 agreement")
+        axis.set_xlabel(f"prefill speed-up over dense SDPA at {longest} tokens")
+        axis.set_ylabel("greedy agreement with dense (first 32 tokens)")
+        axis.set_title(f"agreement ({title}) against speed; squares: peers at equal budget")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7, loc="lower left")
+    figure.tight_layout()
+    path = RESULTS_DIR / f"frontier{suffix}.png"
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return [str(path)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="plot the latest benchmark results")
     parser.add_argument("--quick", action="store_true", help="plot the --quick results")
@@ -266,7 +302,7 @@ def main() -> None:
     written: list[str] = []
     for name, plotter in (("fidelity", plot_fidelity), ("prefill", plot_prefill),
                           ("decode", plot_decode), ("resume", plot_resume),
-                          ("video-prefill", plot_video_prefill)):
+                          ("video-prefill", plot_video_prefill), ("frontier", plot_frontier)):
         result = _try_load(name, args.quick)
         if result is not None:
             written += plotter(result, suffix)
