@@ -1,38 +1,45 @@
 """Benchmark 2, decoding: output tokens/s and KV-cache bytes, dense against ZipVL.
 
-SmolLM2-135M-Instruct (float32, CPU). For each context length the prompt (King
-James Bible text) is prefilled once per method at batch 1; the resulting cache
-is copied and repeated to batch ``B`` (``Cache.batch_repeat_interleave``, which
-both caches implement), so every batch size decodes from the same prefill and
-the prefill cost of 32 long prompts is not paid on 2 cores. Then ``steps``
-greedy tokens are decoded for the whole batch; the first two steps are a
-warm-up, the rest are timed: tokens/s = ``B x timed steps / seconds``.
+SmolLM2-135M-Instruct (float32, CPU), through stock ``model.generate`` (greedy), the
+path the pipeline runs. Each batch is **ragged**: ``B`` different King James Bible
+passages whose lengths spread evenly from 3/4 of the context to the full context,
+left-padded, so the padded path of every method is what is timed.
 
-Methods: dense (the unpatched model: SDPA and transformers' ``DynamicCache``,
-what ``generate`` uses), ZipVL with ``tau = 1.0`` (its own ragged cache and
-decoding kernel, nothing dropped: separates the cache implementation from the
-compression), and ZipVL at tau 0.975 / 0.96 with the default prefill mode. All
-run side by side in one process.
+Timing: a logits processor stamps the clock each time ``generate`` hands it logits.
+The first stamp closes the prefill; each later gap is one decoding step of the whole
+batch (forward, greedy pick, cache update). The first ``WARM_UP_STEPS`` steps are a
+warm-up; tokens/s = ``B x timed steps / their seconds``.
 
-KV-cache bytes per sample: dense ``n x 2 x Hk x d x 4 B x layers``; ZipVL
-``zipvl.stats().cache_bytes`` after prefill. The largest batch that fits a fixed
-KV-cache budget (``--budget-gib``, default 8 GiB) is computed from the bytes per
-sample at ``n + --output-tokens`` tokens; a run whose own cache would exceed
-``--max-cache-gib`` (default 7 GiB) is not run and is recorded as skipped, so at
-8K x 32 ZipVL may run where dense cannot.
+Methods, run **interleaved** (every method once per repetition, the order rotated
+each repetition), each cell ``--repeats`` times (median and spread reported):
 
-    python -m benchmarks.bench_decode            # 2K/4K/8K x batch 1/8/32
-    python -m benchmarks.bench_decode --quick    # 2K x batch 1/8
+* ``dense``: the unpatched model, SDPA and transformers' ``DynamicCache``: stock.
+* ``zipvl tau=1.0``: ZipVL's own ragged cache and decoding kernel with nothing
+  dropped. Greedy tokens must equal dense's, or the run exits non-zero: it is the
+  check that the cache and kernel are exact. It is also the *fair* baseline: the
+  same implementation without compression, so ``speed-up vs tau=1.0`` isolates what
+  compression buys, and ``vs dense`` adds what the implementation buys.
+* ``zipvl default``: ``zipvl.ZipVLConfig()``, the project default.
+* ``zipvl fast``: the ``fast`` preset (``configs/zipvl/fast.yaml``).
+
+KV-cache bytes per sample come from ``zipvl.stats().cache_bytes`` (dense: prompt
+tokens x ``2 x Hk x d x 4 B x layers``); the largest batch that fits ``--budget-gib``
+is computed from them at ``n + --output-tokens`` tokens per sample.
+
+    python -m benchmarks.bench_decode            # 2K x batch 1 and 8, 4K x batch 8
+    python -m benchmarks.bench_decode --quick    # 512 x batch 2, 2 repetitions
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import gc
+import statistics
+import sys
 import time
 
 import torch
+from transformers import LogitsProcessor, LogitsProcessorList
 
 import zipvl
 from benchmarks import peers
@@ -40,145 +47,156 @@ from benchmarks.common import add_threads_option, apply_threads, log, write_resu
 from benchmarks.corpus import long_text_ids
 from benchmarks.instrument import Shape
 from benchmarks.smollm2 import load_smollm2
+from pipeline.presets import load_zipvl_preset
 
 GIB = 1024 ** 3
-FULL_CONTEXTS = (2048, 4096, 8192)
-FULL_BATCHES = (1, 8, 32)
-QUICK_CONTEXTS = (2048,)
-QUICK_BATCHES = (1, 8)
+FULL_CELLS = ((2048, 1), (2048, 8), (4096, 8))
+QUICK_CELLS = ((512, 2),)
 WARM_UP_STEPS = 2
+PASSAGE_STRIDE = 9000  # tokens between the starts of a batch's passages: no shared text
 
 
-def methods(default_fields: dict) -> list[peers.Method]:
+class StepClock(LogitsProcessor):
+    """Leaves the scores alone; records when each step's logits arrive."""
+
+    def __init__(self) -> None:
+        self.stamps: list[float] = []
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        self.stamps.append(time.perf_counter())
+        return scores
+
+
+def methods() -> list[peers.Method]:
+    fast = zipvl.ZipVLConfig.from_dict(load_zipvl_preset("fast"))
     return [
         peers.DENSE,
         peers.zipvl_method("zipvl tau=1.0 (no compression)", tau=1.0, prefill="dense"),
-        peers.zipvl_method("zipvl tau=0.975", tau=0.975, **default_fields),
-        peers.zipvl_method("zipvl tau=0.96", tau=0.96, **default_fields),
+        peers.Method("zipvl default", "zipvl", zipvl.ZipVLConfig()),
+        peers.Method("zipvl fast", "zipvl", fast),
     ]
 
 
-@torch.inference_mode()
-def prefill(model, input_ids: torch.Tensor):
-    output = model(input_ids=input_ids, use_cache=True, logits_to_keep=1)
-    return output.past_key_values, output.logits[:, -1].argmax(-1)
+def ragged_batch(tokenizer, context: int, batch: int) -> dict[str, torch.Tensor]:
+    """``batch`` different passages, lengths from ``3/4 context`` to ``context``, left-padded."""
+    if batch == 1:
+        lengths = [context]
+    else:
+        shortest = (3 * context) // 4
+        lengths = [shortest + (context - shortest) * i // (batch - 1) for i in range(batch)]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    input_ids = torch.full((batch, context), pad, dtype=torch.long)
+    attention_mask = torch.zeros((batch, context), dtype=torch.long)
+    for row, length in enumerate(lengths):
+        input_ids[row, context - length:] = long_text_ids(tokenizer, length, row * PASSAGE_STRIDE)
+        attention_mask[row, context - length:] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
 
 
 @torch.inference_mode()
-def decode(model, cache, first_token: torch.Tensor, batch: int, steps: int) -> dict:
-    cache = copy.deepcopy(cache)
-    if batch > 1:
-        cache.batch_repeat_interleave(batch)
-    tokens = first_token.repeat(batch)[:, None]
-    step_seconds, step_cpu_seconds = [], []
-    for _ in range(steps):
-        start, cpu_start = time.perf_counter(), time.process_time()
-        output = model(input_ids=tokens, use_cache=True, **{zipvl.cache_keyword(model): cache})
-        tokens = output.logits[:, -1].argmax(-1, keepdim=True)
-        step_seconds.append(time.perf_counter() - start)
-        step_cpu_seconds.append(time.process_time() - cpu_start)
-    timed = step_seconds[WARM_UP_STEPS:]
-    timed_cpu = step_cpu_seconds[WARM_UP_STEPS:]
-    allocated = cache.allocated_bytes() if isinstance(cache, zipvl.ZipVLCache) else sum(
-        layer.keys.numel() * layer.keys.element_size() * 2 for layer in cache.layers)
-    del cache
-    gc.collect()
-    return {"tokens_per_second": batch * len(timed) / sum(timed),
-            "seconds_per_step": sum(timed) / len(timed), "step_seconds": step_seconds,
-            # Process CPU time per step: less sensitive than wall time to other work.
-            "cpu_seconds_per_step": sum(timed_cpu) / len(timed_cpu),
-            "allocated_cache_bytes_after": allocated}
+def generate_timed(model, inputs: dict[str, torch.Tensor], new_tokens: int, pad_id: int) -> dict:
+    clock = StepClock()
+    cache = zipvl.cache_kwargs(model)
+    start = time.perf_counter()
+    sequences = model.generate(**inputs, **cache, max_new_tokens=new_tokens,
+                               min_new_tokens=new_tokens, do_sample=False, pad_token_id=pad_id,
+                               logits_processor=LogitsProcessorList([clock]))
+    batch = inputs["input_ids"].shape[0]
+    steps = [later - earlier for earlier, later in zip(clock.stamps, clock.stamps[1:])]
+    timed = steps[WARM_UP_STEPS:]
+    return {"prefill_seconds": clock.stamps[0] - start,
+            "tokens_per_second": batch * len(timed) / sum(timed),
+            "seconds_per_step": sum(timed) / len(timed), "step_seconds": steps,
+            "tokens": sequences[:, inputs["input_ids"].shape[1]:].tolist()}
+
+
+def summarise(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values),
+            "spread": (max(values) - min(values)) / statistics.median(values), "runs": values}
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="2K context, batch 1 and 8")
-    parser.add_argument("--contexts", type=int, nargs="+", default=None)
-    parser.add_argument("--batches", type=int, nargs="+", default=None)
-    parser.add_argument("--steps", type=int, default=None, help="decoded tokens per run")
+    parser.add_argument("--quick", action="store_true", help="512 tokens x batch 2, 2 repetitions")
+    parser.add_argument("--repeats", type=int, default=None, help="runs per cell (default 3)")
+    parser.add_argument("--new-tokens", type=int, default=None,
+                        help="generated tokens per run (default 34: 2 warm-up + 31 timed steps)")
     parser.add_argument("--budget-gib", type=float, default=8.0,
                         help="KV-cache memory budget for the largest-batch figure")
     parser.add_argument("--output-tokens", type=int, default=256,
                         help="output tokens assumed per sample in the largest-batch figure")
-    parser.add_argument("--max-cache-gib", type=float, default=7.0,
-                        help="skip runs whose dense cache would exceed this")
-    parser.add_argument("--prefill", default="kv_local", choices=("qkv", "kv", "kv_local", "dense"))
-    parser.add_argument("--local-window", type=int, default=128)
     add_threads_option(parser)
     return parser.parse_args()
 
 
-def main() -> None:
+def main() -> int:
     args = parse_args()
     started = time.perf_counter()
     apply_threads(args.threads)
-    contexts = tuple(args.contexts or (QUICK_CONTEXTS if args.quick else FULL_CONTEXTS))
-    batches = tuple(args.batches or (QUICK_BATCHES if args.quick else FULL_BATCHES))
-    steps = args.steps or (8 if args.quick else 16)
-    default_fields = {"prefill": args.prefill, "local_window": args.local_window}
+    cells = QUICK_CELLS if args.quick else FULL_CELLS
+    repeats = args.repeats or (2 if args.quick else 3)
+    new_tokens = args.new_tokens or (12 if args.quick else 34)
     model, tokenizer = load_smollm2()
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     shape = Shape.of(model.config)
     dense_bytes_per_token = 2 * shape.num_kv_heads * shape.head_dim * 4 * shape.num_layers
-    settings = {"model": "SmolLM2-135M-Instruct float32", "contexts": list(contexts),
-                "batches": list(batches), "steps": steps, "warm_up_steps": WARM_UP_STEPS,
-                "zipvl_fields": default_fields, "budget_gib": args.budget_gib,
-                "output_tokens_for_budget": args.output_tokens,
-                "max_cache_gib": args.max_cache_gib,
-                "batch_construction": "one prefill per method and context, cache repeated "
-                                      "to the batch (Cache.batch_repeat_interleave)",
+    runs_by_method = methods()
+    settings = {"model": "SmolLM2-135M-Instruct float32", "cells": [list(c) for c in cells],
+                "repeats": repeats, "new_tokens": new_tokens, "warm_up_steps": WARM_UP_STEPS,
+                "batch_construction": "ragged: different passages, lengths 3/4 n .. n, left-padded",
+                "methods": [m.describe() for m in runs_by_method],
+                "budget_gib": args.budget_gib, "output_tokens_for_budget": args.output_tokens,
                 "dense_cache_bytes_per_token": dense_bytes_per_token}
-    runs, capacity = [], []
-    for context in contexts:
-        input_ids = long_text_ids(tokenizer, context)[None]
-        for method in methods(default_fields):
-            with peers.applied(model, method):
-                prefill_start = time.perf_counter()
-                cache, first = prefill(model, input_ids)
-                prefill_seconds = time.perf_counter() - prefill_start
-                stats = peers.prefill_stats(model)
-                if stats is not None:
-                    cache_bytes = stats.cache_bytes
-                    kept_ratio = float(stats.kept_ratio.mean())
-                else:
-                    cache_bytes, kept_ratio = dense_bytes_per_token * context, 1.0
-                # Per-sample bytes at the end of an answer: kept prompt tokens + outputs.
-                final_bytes = cache_bytes + dense_bytes_per_token * args.output_tokens
-                max_batch = int(args.budget_gib * GIB // final_bytes)
-                capacity.append({"context": context, "method": method.describe(),
-                                 "cache_bytes_per_sample": cache_bytes, "kept_ratio": kept_ratio,
-                                 "bytes_per_sample_with_outputs": final_bytes,
-                                 "max_batch_in_budget": max_batch})
-                log(f"{context:>5} {method.name:<32} prefill {prefill_seconds:6.2f} s  kept "
-                    f"{kept_ratio:.3f}  cache {cache_bytes / 2**20:7.1f} MiB/sample  max batch "
-                    f"in {args.budget_gib:g} GiB: {max_batch}")
-                for batch in batches:
-                    total = cache_bytes * batch
-                    row = {"context": context, "batch": batch, "method": method.describe(),
-                           "kept_ratio": kept_ratio, "cache_bytes_per_sample": cache_bytes,
-                           "cache_bytes": total}
-                    if total > args.max_cache_gib * GIB:
-                        # This method's own cache does not fit: what the budget figure predicts.
-                        row["skipped"] = (f"cache {total / GIB:.1f} GiB exceeds "
-                                          f"--max-cache-gib {args.max_cache_gib}")
-                        log(f"      batch {batch:>3}: skipped, {row['skipped']}")
-                        runs.append(row)
-                        continue
-                    row.update(decode(model, cache, first, batch, steps))
-                    runs.append(row)
-                    log(f"      batch {batch:>3}: {row['tokens_per_second']:8.1f} tokens/s "
-                        f"({1000 * row['seconds_per_step']:.0f} ms/step)")
-                del cache
+    cells_out, failures = [], []
+    for context, batch in cells:
+        inputs = ragged_batch(tokenizer, context, batch)
+        prompt_tokens = int(inputs["attention_mask"].sum())
+        results: dict[str, list[dict]] = {m.name: [] for m in runs_by_method}
+        for repeat in range(repeats):
+            shift = repeat % len(runs_by_method)
+            for method in runs_by_method[shift:] + runs_by_method[:shift]:
+                with peers.applied(model, method):
+                    run = generate_timed(model, inputs, new_tokens, pad_id)
+                    stats = peers.prefill_stats(model)
+                run["cache_bytes"] = stats.cache_bytes if stats else dense_bytes_per_token * prompt_tokens
+                run["kept_ratio"] = float(stats.mean_kept_ratio.mean()) if stats else 1.0
+                results[method.name].append(run)
+                log(f"{context:>5} x {batch} #{repeat} {method.name:<32} "
+                    f"{run['tokens_per_second']:7.1f} tokens/s  kept {run['kept_ratio']:.3f}")
                 gc.collect()
-    for row in runs:
-        dense = next((r for r in runs if r["context"] == row["context"]
-                      and r["batch"] == row["batch"] and r["method"]["family"] == "dense"
-                      and "tokens_per_second" in r), None)
-        if dense is not None and "tokens_per_second" in row:
-            row["throughput_vs_dense"] = row["tokens_per_second"] / dense["tokens_per_second"]
-    path = write_result("decode", args.quick, settings, {"runs": runs, "capacity": capacity},
-                        started)
+        dense_tokens = results["dense"][0]["tokens"]
+        exact = all(run["tokens"] == dense_tokens for run in results[runs_by_method[1].name])
+        if not exact:
+            failures.append(f"{context} x {batch}: zipvl tau=1.0 generated other tokens than dense")
+        cell = {"context": context, "batch": batch, "prompt_tokens": prompt_tokens,
+                "tau_1_tokens_equal_dense": exact, "methods": []}
+        medians = {name: statistics.median(r["tokens_per_second"] for r in runs)
+                   for name, runs in results.items()}
+        for method in runs_by_method:
+            runs = results[method.name]
+            per_sample = runs[0]["cache_bytes"] / batch
+            final_bytes = per_sample + dense_bytes_per_token * args.output_tokens
+            cell["methods"].append({
+                "method": method.describe(), "kept_ratio": runs[0]["kept_ratio"],
+                "tokens_per_second": summarise([r["tokens_per_second"] for r in runs]),
+                "prefill_seconds": summarise([r["prefill_seconds"] for r in runs]),
+                "speedup_vs_uncompressed": medians[method.name] / medians[runs_by_method[1].name],
+                "speedup_vs_dense": medians[method.name] / medians["dense"],
+                "cache_bytes_per_sample": per_sample,
+                "max_batch_in_budget": int(args.budget_gib * GIB // final_bytes),
+                "tokens_equal_dense": [r["tokens"] == dense_tokens for r in runs],
+                "step_seconds": [r["step_seconds"] for r in runs]})
+            log(f"{context:>5} x {batch} {method.name:<32} median {medians[method.name]:7.1f} "
+                f"tokens/s  vs tau=1.0 {cell['methods'][-1]['speedup_vs_uncompressed']:.3f}x  "
+                f"vs dense {cell['methods'][-1]['speedup_vs_dense']:.3f}x")
+        cells_out.append(cell)
+    path = write_result("decode", args.quick, settings,
+                        {"cells": cells_out, "failures": failures}, started)
     log(f"wrote {path}")
+    for failure in failures:
+        log(f"FAILED: {failure}")
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -21,8 +21,14 @@ result each, merged (with the front computed) by ``--phase front``:
   configuration; the Pareto front of agreement against the 8K speed-up, and which
   configurations meet issue 13's targets.
 
+``--suite high-tau`` runs the same phases for tau 0.99 (``HIGH_TAU_CONFIGS``) with
+its own peers at its own budget, into ``frontier-<phase>-high-tau-latest.json``;
+the front joins every suite that was run.
+
     python -m benchmarks.bench_frontier --phase fidelity --threads 2
     python -m benchmarks.bench_frontier --phase speed --threads 2
+    python -m benchmarks.bench_frontier --phase fidelity --suite high-tau --threads 2
+    python -m benchmarks.bench_frontier --phase speed --suite high-tau --threads 2 --peer-ratio R
     python -m benchmarks.bench_frontier --phase front
     python -m benchmarks.bench_frontier --phase fidelity --quick   # 2 documents x 256 tokens
 """
@@ -81,9 +87,34 @@ CONFIGS: dict[str, dict] = {
     "kv_local, window only": {**_BASE, **WINDOW_RANKING, "num_random_probes": 0,
                               "prefill": "kv_local", "tau": 0.975},
 }
+# A second budget: tau 0.99 keeps more tokens, for whether more cache buys the answers back.
+HIGH_TAU_CONFIGS: dict[str, dict] = {
+    "dense prefill, window, tau 0.99": {**_BASE, **WINDOW_RANKING, "prefill": "dense",
+                                        "tau": 0.99},
+    "kv_local, window, tau 0.99": {**_BASE, **WINDOW_RANKING, "prefill": "kv_local",
+                                   "tau": 0.99},
+    "kept_dense, window, tau 0.99": {**_BASE, **WINDOW_RANKING, "prefill": "kept_dense",
+                                     "tau": 0.99},
+}
 QUICK_CONFIGS = ("paper", "kv_local, window", "kept_dense_local, window")
-# The configuration whose budget the cache-only peers match: same cache, dense prefill.
-BUDGET_CONFIG = "dense prefill, window"
+# Each suite: its configurations, and the one whose budget the cache-only peers match
+# (same cache, dense prefill). Results are written per suite and joined by the front.
+SUITES: dict[str, tuple[dict[str, dict], str]] = {
+    "main": (CONFIGS, "dense prefill, window"),
+    "high-tau": (HIGH_TAU_CONFIGS, "dense prefill, window, tau 0.99"),
+}
+ALL_CONFIGS = {**CONFIGS, **HIGH_TAU_CONFIGS}
+
+
+def result_name(phase: str, suite: str) -> str:
+    return f"frontier-{phase}" if suite == "main" else f"frontier-{phase}-{suite}"
+
+
+def peer_names(suite: str) -> tuple[str, str]:
+    """The peers' configuration names in a suite (unique across suites)."""
+    if suite == "main":
+        return "SnapKV-style", "StreamingLLM-style"
+    return f"SnapKV-style ({suite})", f"StreamingLLM-style ({suite})"
 BENCHMARK_SOURCES = ("kjv", "pyref")
 FULL_DOCUMENTS, HELD_OUT_DOCUMENTS = 12, 4
 FULL_LENGTHS, QUICK_LENGTHS = (2048, 4096, 8192), (1024,)
@@ -118,11 +149,13 @@ def fidelity_phase(args: argparse.Namespace, started: float) -> None:
                                    (HELD_OUT_SOURCE,)))
     families = {"benchmark": [d.name for d in documents if d.source in BENCHMARK_SOURCES],
                 "held_out": [d.name for d in documents if d.source == HELD_OUT_SOURCE]}
-    names = QUICK_CONFIGS if args.quick else tuple(args.configs or CONFIGS)
-    settings = {"context_tokens": context_tokens, "continuation_tokens": 128,
+    configs, budget_config = SUITES[args.suite]
+    names = QUICK_CONFIGS if args.quick else tuple(args.configs or configs)
+    stem = result_name("fidelity", args.suite)
+    settings = {"suite": args.suite, "context_tokens": context_tokens, "continuation_tokens": 128,
                 "answer_tokens": 32, "families": families,
-                "configs": {name: CONFIGS[name] for name in names},
-                "budget_config": BUDGET_CONFIG,
+                "configs": {name: ALL_CONFIGS[name] for name in names},
+                "budget_config": budget_config,
                 "peers": {"snapkv_window": peers.SNAPKV_WINDOW,
                           "snapkv_pooling": peers.SNAPKV_POOLING,
                           "streaming_sink_tokens": peers.STREAMING_SINK_TOKENS}}
@@ -139,39 +172,42 @@ def fidelity_phase(args: argparse.Namespace, started: float) -> None:
                              nll_by_document)
             for family, members in families.items() if members}
         runs.append(result)
-        write_partial("frontier-fidelity", args.quick, settings,
-                      {"dense": dense_rows, "runs": runs}, started)
+        write_partial(stem, args.quick, settings, {"dense": dense_rows, "runs": runs}, started)
         return result
 
-    for name in names:
-        run(name, peers.zipvl_method(name, **CONFIGS[name]))
-    budget_run = next((r for r in runs if r["config_name"] == BUDGET_CONFIG), runs[-1])
+    for config_name in names:
+        run(config_name, peers.zipvl_method(config_name, **ALL_CONFIGS[config_name]))
+    budget_run = next((r for r in runs if r["config_name"] == budget_config), runs[-1])
     ratio = budget_run["kept_ratio"]
-    run("SnapKV-style", peers.snapkv_method(f"snapkv r={ratio:.3f}", ratio))
-    run("StreamingLLM-style", peers.streaming_method(f"streaming r={ratio:.3f}", ratio))
-    write_result("frontier-fidelity", args.quick, settings, {"dense": dense_rows, "runs": runs},
-                 started)
-    (RESULTS_DIR / ("frontier-fidelity-quick-partial.json" if args.quick
-                    else "frontier-fidelity-partial.json")).unlink(missing_ok=True)
+    snapkv, streaming = peer_names(args.suite)
+    run(snapkv, peers.snapkv_method(f"snapkv r={ratio:.3f}", ratio))
+    run(streaming, peers.streaming_method(f"streaming r={ratio:.3f}", ratio))
+    write_result(stem, args.quick, settings, {"dense": dense_rows, "runs": runs}, started)
+    (RESULTS_DIR / f"{stem}{'-quick' if args.quick else ''}-partial.json").unlink(
+        missing_ok=True)
 
 
-def speed_methods(names: tuple[str, ...], peer_ratio: float) -> list[tuple[str, peers.Method]]:
+def speed_methods(names: tuple[str, ...], peer_ratio: float,
+                  suite: str) -> list[tuple[str, peers.Method]]:
+    snapkv, streaming = peer_names(suite)
     methods = [("dense", peers.DENSE)]
-    methods += [(name, peers.zipvl_method(name, **CONFIGS[name])) for name in names]
-    methods += [("SnapKV-style", peers.snapkv_method("snapkv", peer_ratio)),
-                ("StreamingLLM-style", peers.streaming_method("streaming", peer_ratio))]
+    methods += [(name, peers.zipvl_method(name, **ALL_CONFIGS[name])) for name in names]
+    methods += [(snapkv, peers.snapkv_method("snapkv", peer_ratio)),
+                (streaming, peers.streaming_method("streaming", peer_ratio))]
     return methods
 
 
 def speed_phase(args: argparse.Namespace, started: float) -> None:
     model, tokenizer = load_smollm2()
     shape = Shape.of(model.config)
-    names = QUICK_CONFIGS if args.quick else tuple(args.configs or CONFIGS)
+    names = QUICK_CONFIGS if args.quick else tuple(args.configs or SUITES[args.suite][0])
     lengths = tuple(args.lengths or (QUICK_LENGTHS if args.quick else FULL_LENGTHS))
     repeats = 1 if args.quick else args.repeats
-    methods = speed_methods(names, args.peer_ratio)
-    settings = {"lengths": list(lengths), "repeats": repeats, "peer_ratio": args.peer_ratio,
-                "configs": {name: CONFIGS[name] for name in names},
+    methods = speed_methods(names, args.peer_ratio, args.suite)
+    stem = result_name("speed", args.suite)
+    settings = {"suite": args.suite, "lengths": list(lengths), "repeats": repeats,
+                "peer_ratio": args.peer_ratio,
+                "configs": {name: ALL_CONFIGS[name] for name in names},
                 "text": "King James Bible from Genesis 1 (corpus.long_text_ids)",
                 "timing": "one 512-token warm-up per variant, then the variants interleaved "
                           "per repetition; median TTFT",
@@ -223,10 +259,10 @@ def speed_phase(args: argparse.Namespace, started: float) -> None:
             log(f"{length:>5} {name:<38} TTFT {seconds:6.2f} s  x{speedup:.2f} (ceiling "
                 f"x{ceiling:.2f}, {100 * speedup / ceiling:.0f}%)  select "
                 f"{100 * cell['selection_share_of_ttft']:.1f}%  kept {cell['kept_ratio']:.3f}")
-        write_partial("frontier-speed", args.quick, settings, {"cells": cells}, started)
-    write_result("frontier-speed", args.quick, settings, {"cells": cells}, started)
-    (RESULTS_DIR / ("frontier-speed-quick-partial.json" if args.quick
-                    else "frontier-speed-partial.json")).unlink(missing_ok=True)
+        write_partial(stem, args.quick, settings, {"cells": cells}, started)
+    write_result(stem, args.quick, settings, {"cells": cells}, started)
+    (RESULTS_DIR / f"{stem}{'-quick' if args.quick else ''}-partial.json").unlink(
+        missing_ok=True)
 
 
 def pareto_front(points: dict[str, tuple[float, float]]) -> list[str]:
@@ -240,21 +276,20 @@ def pareto_front(points: dict[str, tuple[float, float]]) -> list[str]:
     return sorted(front, key=lambda name: points[name][0])
 
 
-def front_phase(args: argparse.Namespace, started: float) -> None:
-    fidelity = load_latest("frontier-fidelity", args.quick)
-    speed = load_latest("frontier-speed", args.quick)
-    longest = max(cell["length"] for cell in speed["figures"]["cells"])
+def _suite_rows(suite: str, fidelity: dict, speed: dict) -> list[dict]:
+    """One row per configuration of a suite: its fidelity figures and its speed cells."""
     speed_at = {(c["config_name"], c["length"]): c for c in speed["figures"]["cells"]}
+    lengths = sorted({c["length"] for c in speed["figures"]["cells"]})
     rows = []
     for run in fidelity["figures"]["runs"]:
         name = run["config_name"]
-        row = {"config_name": name, "family": run["family"],
+        row = {"config_name": name, "suite": suite, "family": run["family"],
                "config": run["method"]["config"], **{
                    f"{family}_{key}": value for family, metrics in run["by_family"].items()
                    for key, value in metrics.items() if key != "documents"},
                "agreement": run["agreement"], "nll_increase": run["nll_increase"],
                "kept_ratio": run["kept_ratio"]}
-        for length in sorted({c["length"] for c in speed["figures"]["cells"]}):
+        for length in lengths:
             cell = speed_at.get((name, length))
             if cell is not None:
                 row[f"speedup_{length}"] = cell["speedup_vs_dense"]
@@ -262,11 +297,31 @@ def front_phase(args: argparse.Namespace, started: float) -> None:
                 row[f"share_of_ceiling_{length}"] = cell["share_of_ceiling"]
                 row[f"selection_share_{length}"] = cell["selection_share_of_ttft"]
         rows.append(row)
+    return rows
+
+
+def front_phase(args: argparse.Namespace, started: float) -> None:
+    rows, sources = [], {}
+    for suite in SUITES:
+        try:
+            fidelity = load_latest(result_name("fidelity", suite), args.quick)
+            speed = load_latest(result_name("speed", suite), args.quick)
+        except FileNotFoundError:
+            if suite == "main":
+                raise
+            continue  # an optional suite that was not run
+        rows += _suite_rows(suite, fidelity, speed)
+        sources[suite] = {phase: {k: result[k] for k in ("created_utc", "command", "settings")}
+                          for phase, result in (("fidelity", fidelity), ("speed", speed))}
+    longest = max(int(key.split("_")[1]) for row in rows for key in row
+                  if key.startswith("speedup_"))
+    # Speed-ups are each suite's own ratio to the dense run interleaved with it.
     timed = {r["config_name"]: (r[f"speedup_{longest}"], r["agreement"]) for r in rows
              if f"speedup_{longest}" in r}
     front = pareto_front(timed)
-    snapkv = next((r for r in rows if r["family"] == "snapkv"), None)
+    snapkv_of = {r["suite"]: r for r in rows if r["family"] == "snapkv"}
     for row in rows:
+        snapkv = snapkv_of.get(row["suite"])
         row["on_front"] = row["config_name"] in front
         row["meets_targets"] = {
             "nll_within_1pct": row["nll_increase"] <= MAX_NLL_INCREASE,
@@ -279,9 +334,9 @@ def front_phase(args: argparse.Namespace, started: float) -> None:
         log(f"{row['config_name']:<38} agree {row['agreement']:.2f}  NLL "
             f"{100 * row['nll_increase']:+.2f}%  x{row.get(f'speedup_{longest}', float('nan')):.2f}"
             f"  {'front' if row['on_front'] else ''}  {row['meets_targets']}")
-    settings = {"fidelity": {k: fidelity[k] for k in ("created_utc", "command", "settings")},
-                "speed": {k: speed[k] for k in ("created_utc", "command", "settings")},
+    settings = {"suites": sources,
                 "front_axes": f"agreement (all documents) against speed-up at {longest} tokens",
+                "peers": "each suite's SnapKV-style peer at that suite's budget",
                 "targets": {"max_nll_increase": MAX_NLL_INCREASE,
                             "min_held_out_agreement": MIN_HELD_OUT_AGREEMENT,
                             "min_speedup": MIN_SPEEDUP_8K,
@@ -301,7 +356,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--phase", choices=("fidelity", "speed", "front"), required=True)
     parser.add_argument("--quick", action="store_true",
                         help="2 short documents, 3 configurations, 1K tokens, one repetition")
-    parser.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=None)
+    parser.add_argument("--suite", choices=sorted(SUITES), default="main",
+                        help="which configurations (and peer budget): main (tau 0.975 / 0.95) "
+                             "or high-tau (tau 0.99)")
+    parser.add_argument("--configs", nargs="+", choices=sorted(ALL_CONFIGS), default=None)
     parser.add_argument("--context-tokens", type=int, default=1024)
     parser.add_argument("--lengths", type=int, nargs="+", default=None)
     parser.add_argument("--repeats", type=int, default=3)

@@ -153,24 +153,27 @@ def plot_prefill(result: dict, suffix: str) -> list[str]:
 
 
 def plot_decode(result: dict, suffix: str) -> list[str]:
-    runs = [r for r in result["figures"]["runs"] if "tokens_per_second" in r]
-    contexts = sorted({r["context"] for r in runs})
-    figure, axes = plt.subplots(1, len(contexts), figsize=(5 * len(contexts), 4.5), squeeze=False)
-    for axis, context in zip(axes[0], contexts):
-        by_method: dict[str, list[dict]] = defaultdict(list)
-        for run in runs:
-            if run["context"] == context:
-                by_method[run["method"]["name"]].append(run)
-        for name, rows in by_method.items():
-            rows.sort(key=lambda r: r["batch"])
-            axis.plot([r["batch"] for r in rows], [r["tokens_per_second"] for r in rows], "-o",
-                      label=name, markersize=3)
-        axis.set_xscale("log", base=2)
-        axis.set_xlabel("batch")
-        axis.set_ylabel("output tokens/s")
-        axis.set_title(f"{context}-token context")
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize=7)
+    """Median tokens/s per (context x batch) cell and method, min-max as error bars."""
+    cells = result["figures"]["cells"]
+    names = [m["method"]["name"] for m in cells[0]["methods"]]
+    figure, axis = plt.subplots(figsize=(2.2 + 1.8 * len(cells), 4.5))
+    width = 0.8 / len(names)
+    for index, name in enumerate(names):
+        medians, lows, highs = [], [], []
+        for cell in cells:
+            figure_of = next(m for m in cell["methods"] if m["method"]["name"] == name)
+            speed = figure_of["tokens_per_second"]
+            medians.append(speed["median"])
+            lows.append(speed["median"] - speed["min"])
+            highs.append(speed["max"] - speed["median"])
+        positions = [c + (index - (len(names) - 1) / 2) * width for c in range(len(cells))]
+        axis.bar(positions, medians, width, yerr=[lows, highs], capsize=2, label=name)
+    axis.set_xticks(range(len(cells)),
+                    [f"{c['context']} x {c['batch']}" for c in cells])
+    axis.set_xlabel("context tokens x batch (ragged)")
+    axis.set_ylabel("output tokens/s (median, min-max)")
+    axis.grid(alpha=0.3, axis="y")
+    axis.legend(fontsize=7)
     figure.tight_layout()
     path = RESULTS_DIR / f"decode_throughput{suffix}.png"
     figure.savefig(path, dpi=120)

@@ -36,7 +36,7 @@ REQUIRED_MODEL_PRESETS = {
     "llava-next-7b", "llava-next-13b", "qwen2-vl-2b", "qwen2-vl-7b", "qwen2.5-vl-7b",
     "tiny-llava-next-video", "tiny-llava-onevision", "llava-next-video-7b", "llava-onevision-7b",
 }
-REQUIRED_ZIPVL_PRESETS = {"paper", "tau-0.96", "default", "dense"}
+REQUIRED_ZIPVL_PRESETS = {"paper", "tau-0.96", "default", "dense", "fast"}
 
 
 def raw_job(path: Path = CAPTIONS) -> dict:
@@ -177,6 +177,8 @@ def test_zipvl_presets_mean_what_their_names_say():
         (0.975, "qkv", 64, 64)
     assert config("tau-0.96") == dataclasses.replace(paper, tau=0.96)
     assert config("default") == ZipVLConfig()
+    # fast: the default's selection with the sparse kv_local prefill at tau 0.95.
+    assert config("fast") == dataclasses.replace(ZipVLConfig(), tau=0.95, prefill="kv_local")
     assert config("dense") is None
     assert config("false") is None
     assert config("true") == ZipVLConfig()

@@ -166,7 +166,7 @@ def test_the_counter_sees_every_kind_of_host_read(reads_of_host_methods):
 
 
 @pytest.mark.parametrize(("family", "config"), [
-    ("llama", zipvl.ZipVLConfig(tau=0.9)),
+    ("llama", zipvl.ZipVLConfig(tau=0.9, prefill="kv_local")),
     ("llama", zipvl.ZipVLConfig(tau=0.9, prefill="qkv", selection="shared")),
     ("llama", zipvl.ZipVLConfig(strategy={"name": "fixed_ratio", "ratio": 0.5}, prefill="dense")),
     ("llava", zipvl.ZipVLConfig(tau=0.9)),

@@ -24,7 +24,9 @@ from zipvl.testing import (
 WORDS = ("a bright morning light falls on quiet hills where farmers walk slowly toward "
          "green fields full of wheat and tall old trees").split()
 NEW_TOKENS = 5
-CONFIG = zipvl.ZipVLConfig(tau=0.9)
+# The sparse kv_local prefill (the fast preset) exercises the padded kernels; the default
+# prefills densely.
+CONFIG = zipvl.ZipVLConfig(tau=0.9, prefill="kv_local")
 
 
 def _samples(family):

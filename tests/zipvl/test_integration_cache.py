@@ -26,7 +26,7 @@ from zipvl.testing import (
 
 WORDS = ("rivers carry small stones down from the mountains to the sea where waves "
          "break them into sand over many long years").split()
-CONFIG = zipvl.ZipVLConfig(tau=0.85)
+CONFIG = zipvl.ZipVLConfig(tau=0.85, prefill="kv_local")
 NEW_TOKENS = 4
 
 

@@ -24,7 +24,7 @@ from tests.zipvl.test_integration_cache import batch_of_prompts
 from zipvl.testing import build_tiny_model
 
 NEW_TOKENS = 5
-COMPRESSING = zipvl.ZipVLConfig(tau=0.85)
+COMPRESSING = zipvl.ZipVLConfig(tau=0.85, prefill="kv_local")
 EXACT = zipvl.ZipVLConfig(tau=1.0)
 # Families whose text positions are plain 1-D ids. Qwen-VL's M-RoPE ids are 4-D and
 # model-specific, so its loop passes neither ids nor a mask, one sample (no padding):

@@ -93,7 +93,7 @@ def test_prompt_shorter_than_probe_window_keeps_everything(family):
     model, processor = build_tiny_model(family)
     inputs = _inputs(family, processor, word_counts=(6, 3))
     dense = _generate(model, inputs).sequences
-    zipvl.enable(model, zipvl.ZipVLConfig(tau=0.5))
+    zipvl.enable(model, zipvl.ZipVLConfig(tau=0.5, prefill="kv_local"))
     try:
         sparse = _generate(model, inputs).sequences
         stats = zipvl.stats(model)
@@ -124,7 +124,7 @@ def test_all_padding_row_keeps_nothing_and_spoils_nothing(family):
     inputs = _inputs(family, processor, word_counts=(150, 20))
     inputs["attention_mask"][1] = 0
     single = _inputs(family, processor, word_counts=(150,))
-    zipvl.enable(model, zipvl.ZipVLConfig(tau=0.9))
+    zipvl.enable(model, zipvl.ZipVLConfig(tau=0.9, prefill="kv_local"))
     try:
         with torch.no_grad():
             logits = model(**inputs).logits
