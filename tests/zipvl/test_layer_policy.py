@@ -63,7 +63,7 @@ def test_short_sequences_use_exact_scores(num_heads, num_kv_heads, selection, po
     num_tokens, scale = 48, 0.25
     query, key = random_qk(num_heads, num_kv_heads, num_tokens, seed=pooling)
     config = ZipVLConfig(tau=0.8, num_recent_probes=32, num_random_probes=32, keep_last=4,
-                         selection=selection, score_pooling=pooling)
+                         selection=selection, score_pooling=pooling, ranking="probes")
     kept, budget = select_for_layer(query, key, config, layer_idx=3, scale=scale)
     accumulated, normalized, num_probes = exact_scores(query, key, scale, num_kv_heads)
     expected_budget = smallest_budget(accumulated, num_heads * num_probes, 0.8, 4)
@@ -77,7 +77,8 @@ def test_short_sequences_use_exact_scores(num_heads, num_kv_heads, selection, po
 def test_long_sequences_score_with_the_probes_only(num_heads, num_kv_heads):
     num_tokens, scale = 200, 0.25
     query, key = random_qk(num_heads, num_kv_heads, num_tokens, seed=11)
-    config = ZipVLConfig(tau=0.9, num_recent_probes=8, num_random_probes=8, keep_last=4)
+    config = ZipVLConfig(tau=0.9, num_recent_probes=8, num_random_probes=8, keep_last=4,
+                         ranking="probes")
     kept, budget = select_for_layer(query, key, config, layer_idx=5, scale=scale)
     rows = probe_positions(num_tokens, 8, 8, config.seed, 5)
     accumulated, normalized, num_probes = exact_scores(query, key, scale, num_kv_heads, rows)
@@ -140,7 +141,7 @@ def test_recent_ranking_ranks_by_the_recent_probes_and_budgets_by_all(
     # The paper's ranking picks a different set from the same budget.
     paper, paper_budget = select_for_layer(query, key, ZipVLConfig(
         tau=0.9, num_recent_probes=12, num_random_probes=30, keep_last=4,
-        score_pooling=pooling), layer_idx=2, scale=scale)
+        score_pooling=pooling, ranking="probes"), layer_idx=2, scale=scale)
     assert paper_budget == budget and not torch.equal(paper, kept)
 
 
