@@ -26,14 +26,20 @@ the split kernel's output. The faster path per device is what the library keeps.
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from collections.abc import Callable
 
 import torch
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
-from benchmarks.bench_kernels import HEAD_DIM, KEEP_LAST, NUM_HEADS, NUM_KV_HEADS, random_kept
+from benchmarks.bench_kernels import (
+    HEAD_DIM,
+    KEEP_LAST,
+    NUM_HEADS,
+    NUM_KV_HEADS,
+    random_kept,
+    time_cell,
+)
 from benchmarks.common import add_threads_option, apply_threads, log, write_result
 from zipvl.sparse_attention import _kept_keys_with_band_attention_split, dense_causal_attention
 
@@ -77,18 +83,6 @@ def compacted_mask(kept: torch.Tensor, num_tokens: int, window: int, group: int)
 
     return create_block_mask(mask_mod, None, NUM_HEADS, num_tokens, longest + num_tokens,
                              device="cpu", BLOCK_SIZE=BLOCK_SIZE)
-
-
-def time_variants(variants: dict[str, Callable[[], torch.Tensor]],
-                  repeats: int) -> dict[str, dict]:
-    samples: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(repeats):
-        for name, run in variants.items():
-            start = time.perf_counter()
-            run()
-            samples[name].append((time.perf_counter() - start) * 1e3)
-    return {name: {"median_ms": statistics.median(times), "min_ms": min(times),
-                   "max_ms": max(times), "ms": times} for name, times in samples.items()}
 
 
 def parse_args() -> argparse.Namespace:
@@ -147,9 +141,7 @@ def run_cell(num_tokens: int, repeats: int, compiled: Callable,
         "block mask build, compacted": lambda: compacted_mask(kept, num_tokens, LOCAL_WINDOW,
                                                               group),
     }
-    for run in variants.values():
-        run()
-    timings = time_variants(variants, repeats)
+    timings = time_cell(variants, repeats)
     split_ms = timings["kv_local split (library, CPU)"]["median_ms"]
     for name, timing in timings.items():
         timing["speedup_vs_split"] = split_ms / timing["median_ms"]

@@ -142,8 +142,8 @@ def time_cell(variants: dict[str, Callable[[], torch.Tensor]],
             start = time.perf_counter()
             run()
             samples[name].append((time.perf_counter() - start) * 1e3)
-    return {name: {"median_ms": statistics.median(times), "min_ms": min(times), "ms": times}
-            for name, times in samples.items()}
+    return {name: {"median_ms": statistics.median(times), "min_ms": min(times),
+                   "max_ms": max(times), "ms": times} for name, times in samples.items()}
 
 
 def parse_args() -> argparse.Namespace:
