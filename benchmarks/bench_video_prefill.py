@@ -54,7 +54,7 @@ from benchmarks.bench_prefill import flops_of
 from benchmarks.common import add_threads_option, apply_threads, log, write_partial, write_result
 from benchmarks.instrument import Shape, instrumented, measured_matmul_gflops
 from benchmarks.smollm2 import REPO_ROOT
-from pipeline.families import IMAGE_ONLY_PROCESSORS
+from pipeline.image_only_processors import IMAGE_ONLY_PROCESSORS
 from pipeline.prompts import RowMedia, build_model_inputs
 from pipeline.sample_videos import encode_clip, moving_square_frames
 from pipeline.video import decode_video

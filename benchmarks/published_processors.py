@@ -6,7 +6,7 @@ Face hub (``preprocessor_config.json``, ``video_preprocessor_config.json``,
 ``processor_config.json``, ``config.json``); a key a file leaves out takes the stock
 class's default, as ``from_pretrained`` would give it. ``build_processor`` turns them
 into the processor the pipeline would load for that checkpoint without torchvision:
-the family's image-only processor (``pipeline.families.IMAGE_ONLY_PROCESSORS``) with
+the family's image-only processor (``pipeline.image_only_processors``) with
 the stock ``*ImageProcessorPil`` image processor, ``zipvl.testing``'s tokenizer and chat
 template (it holds ``<image>``, ``<video>`` and Qwen's pad tokens; only the placeholder
 counts matter, not the text tokens), and our video processor built from the video
@@ -29,7 +29,7 @@ from transformers import (
 )
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
-from pipeline.families import IMAGE_ONLY_PROCESSORS
+from pipeline.image_only_processors import IMAGE_ONLY_PROCESSORS
 from pipeline.video_processing import LlavaVideoProcessor, QwenVLVideoProcessor, settings_from_dict
 from zipvl.testing.chat_templates import CHAT_TEMPLATES
 from zipvl.testing.tokenizer import build_tokenizer

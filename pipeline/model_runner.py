@@ -133,11 +133,12 @@ def load_processor(location: str, family: str, hub_kwargs: dict[str, Any]) -> An
     from transformers import AutoProcessor
 
     from pipeline.families import FAMILIES, torchvision_imports
+    from pipeline.image_only_processors import IMAGE_ONLY_PROCESSORS
 
     family_info = FAMILIES[family]
     if family_info.image_only_processor is None or torchvision_imports():
         return AutoProcessor.from_pretrained(location, **hub_kwargs)
-    processor = family_info.image_only_processor.from_pretrained(location, **hub_kwargs)
+    processor = IMAGE_ONLY_PROCESSORS[family].from_pretrained(location, **hub_kwargs)
     if family_info.native_video:
         from pipeline.video_processing import attach_video_processor
 

@@ -5,8 +5,8 @@ generation and memory stays bounded::
 
     index_input(id column of every input file)            # on the driver: rows left, duplicates
       -> read_datasource(RemainingRows)                    # only row groups with work, local or S3
-      -> repartition(target_num_rows_per_block=batch)     # spread rows over the actors
       -> map_batches(DecodeStage, CPU tasks)              # media -> RGB frames / error rows
+      -> repartition(target_num_rows_per_block=batch)     # spread rows over the actors
       -> map_batches(GenerateStage, actor pool)           # one model per actor
 
 Resume is this project's own rather than Ray Data's checkpointing: the output
@@ -78,12 +78,20 @@ def plan_job(spec: Any, done_ids: pa.Array, generate_stage: type = GenerateStage
     if not index.fragments:
         return JobPlan(dataset=None, input_rows=index.input_rows, skipped=index.done_rows,
                        duplicates=index.duplicate_rows)
-    dataset = ray.data.read_datasource(RemainingRows(access, selected, columns.id, index.fragments,
-                                                     max_attempts(input_options)))
-
     batch_size = spec.resources.batch_size
-    # Small inputs are one block; blocks of one batch spread the rows over the actors.
-    dataset = dataset.repartition(target_num_rows_per_block=batch_size)
+    dataset = ray.data.read_datasource(
+        RemainingRows(access, selected, columns.id, index.fragments, max_attempts(input_options)),
+        # One read task per row group with work: Ray Data would otherwise split each
+        # task's output into dozens of blocks of its own choosing, and a task hands its
+        # blocks over two per scheduling step (~0.1 s), seconds before the first row
+        # moves on.
+        override_num_blocks=len(index.fragments),
+        # A read task mostly waits (on storage, and on the executor taking its blocks):
+        # holding a CPU through that would keep the decode tasks off a small node's
+        # last free CPU. So it holds none, and at most decode_workers of them run at once.
+        num_cpus=0,
+        concurrency=spec.resources.decode_workers,
+    )
     retries = MAX_ATTEMPTS - 1
     dataset = dataset.map_batches(
         _decode_stage(spec, access, input_options, ledger_name),
@@ -103,6 +111,13 @@ def plan_job(spec: Any, done_ids: pa.Array, generate_stage: type = GenerateStage
         generate_kwargs["num_gpus"] = resources.num_gpus
     if resources.resources:
         generate_kwargs["resources"] = resources.resources
+    # Ray Data gathers small blocks into large ones (up to
+    # DataContext.target_max_block_size), and an actor task takes a whole block: without
+    # this, one actor would get most of the rows and the other wait. Blocks of one batch
+    # spread the rows over the actors. It comes after decoding, not before: a task that
+    # cuts a block into many hands them over two per scheduling step (~0.1 s), and before
+    # decoding it would hold the CPU the decode tasks need on a small node.
+    dataset = dataset.repartition(target_num_rows_per_block=batch_size)
     dataset = dataset.map_batches(
         generate_stage,
         # The model actors never touch the output: its credentials stay on the driver.

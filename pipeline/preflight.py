@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 
 from pipeline.errors import JobError, first_line
 from pipeline.inputs import count_null_ids, input_files, storage_options_for
+from pipeline.model_config import read_model_config
 from pipeline.output import filesystem_for
 
 
@@ -20,7 +21,8 @@ def validate_job(spec: Any) -> list[str]:
     """Problems that would stop `spec` from running, one line each (empty: it can run).
 
     Checks the input exists and its schema has the mapped columns, and that the
-    model reference loads (configuration only: nothing is generated).
+    model reference resolves to a ``config.json`` of a supported family (read without
+    transformers, ``model_config``: nothing is loaded or generated).
     """
     problems: list[str] = []
     try:
@@ -56,21 +58,19 @@ def _column_problems(spec: Any, files: list[str]) -> list[str]:
 
 
 def _model_problems(spec: Any) -> list[str]:
-    from transformers import AutoConfig
-
-    from pipeline.model_runner import hub_kwargs, model_family, model_location
+    from pipeline.families import MODEL_TYPES
 
     settings = spec.model_settings()
     where = "model.preset" if settings.preset else "model.name_or_path"
+    if settings.tiny is not None:  # built offline on first use, by the actors
+        return []
     try:
-        config = AutoConfig.from_pretrained(model_location(settings), **hub_kwargs(settings))
+        config = read_model_config(str(settings.name_or_path), settings.revision)
     except Exception as error:
         return [f"{where}: cannot load the model configuration of {settings.label}: "
                 f"{first_line(error)}"]
-    from pipeline.families import MODEL_TYPES
-
-    family = model_family(settings, config)
+    family = config["model_type"] if settings.family == "auto" else settings.family
     if family not in MODEL_TYPES:
-        return [f"{where}: model type {config.model_type!r} is not supported "
+        return [f"{where}: model type {config['model_type']!r} is not supported "
                 f"(supported: {', '.join(MODEL_TYPES)})"]
     return []

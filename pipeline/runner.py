@@ -46,6 +46,7 @@ from pipeline.ray_setup import (
     actor_start_timeout_s,
     ensure_ray,
     ray_data_settings,
+    warm_task_workers,
 )
 from pipeline.report import REPORT_NAME, ActorTiming, RunTally, build_report, write_report
 from pipeline.stages import (
@@ -77,6 +78,8 @@ def run_job(spec: Any, job_file: str | None = None, generate_stage: type = Gener
         raise JobError("the job cannot run:\n" + "\n".join(f"  {line}" for line in problems))
     spec = with_pinned_revision(spec)  # before anything loads the model: one commit for all
     connection = ensure_ray(spec)
+    if not connection.joined:  # a cluster's tasks may land on any node: no use there
+        warm_task_workers(spec.resources.decode_workers)
     try:
         # After ensure_ray: ray.init replaces the SIGTERM handler with its own.
         with handled_stop_signals():

@@ -2,7 +2,7 @@
 
 Where torchvision does not import (``pipeline.families.torchvision_imports``), the stock
 processor of a video family cannot be built; ``pipeline.model_runner.load_processor``
-then loads the family's image-only processor (``pipeline.families.IMAGE_ONLY_PROCESSORS``) and
+then loads the family's image-only processor (``pipeline.image_only_processors``) and
 this sets its ``video_processor`` to ours, built from the checkpoint's own video
 settings. ``ProcessorMixin.__call__`` then expands the video placeholder and returns the
 video inputs as the stock processor would.
@@ -40,7 +40,7 @@ def attach_video_processor(processor: ProcessorMixin, location: str | os.PathLik
 def load_processor_without_torchvision(location: str | os.PathLike, family: str,
                                        hub_kwargs: dict[str, Any] | None = None) -> ProcessorMixin:
     """The family's image-only processor, with our video processor where the family has video."""
-    from pipeline.families import IMAGE_ONLY_PROCESSORS
+    from pipeline.image_only_processors import IMAGE_ONLY_PROCESSORS
 
     image_only = IMAGE_ONLY_PROCESSORS.get(family)
     if image_only is None:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.families import FAMILIES, IMAGE_ONLY_PROCESSORS
+from pipeline.image_only_processors import IMAGE_ONLY_PROCESSORS
 from pipeline.media import MediaError
 from pipeline.video_processing import (
     VIDEO_FAMILIES,
@@ -101,7 +101,7 @@ def _qwen_processor(family, workspace):
 @pytest.mark.parametrize("family", QWEN)
 def test_qwen_token_counts_agree_with_the_grid_and_the_patch_count(family, workspace):
     processor = _qwen_processor(family, workspace)
-    assert type(processor) is FAMILIES[family].image_only_processor
+    assert type(processor) is IMAGE_ONLY_PROCESSORS[family]
     video_processor = processor.video_processor
     clips = [make_clip(*shape, seed=index) for index, shape in enumerate(CLIP_SHAPES)]
     inputs = processor(text=[PROMPT] * len(clips), videos=clips, return_tensors="pt", padding=True)
