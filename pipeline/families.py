@@ -54,6 +54,8 @@ FAMILIES: dict[str, ModelFamily] = {family.model_type: family for family in (
                 video_frame_multiple=2),
 )}
 MODEL_TYPES: tuple[str, ...] = tuple(FAMILIES)
+
+
 def reads_native_video(mode: str, family: str) -> bool:
     """Whether ``video.mode`` (``auto``, ``native``, ``frames``) means native video for
     `family`; ``ValueError`` where ``native`` is asked of an image-only family."""

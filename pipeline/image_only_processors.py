@@ -77,7 +77,6 @@ class LlavaOnevisionImageOnlyProcessor(LlavaOnevisionProcessor):
                          video_token=video_token, vision_aspect_ratio=vision_aspect_ratio, **kwargs)
 
 
-
 # Model type -> the processor loaded instead of the stock one where torchvision does not
 # import: every family the registry gives one.
 IMAGE_ONLY_PROCESSORS: dict[str, type[ProcessorMixin]] = {

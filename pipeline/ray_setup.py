@@ -122,20 +122,21 @@ def _import_task_modules() -> None:
         importlib.import_module(name)
 
 
-def warm_task_workers(count: int) -> list[Any]:
+def warm_task_workers(count: int) -> None:
     """Start `count` Ray worker processes with the task modules imported, without waiting.
 
     Ray hands an idle worker of this job to its next task (not to an actor: each actor
     gets a process of its own), so the read and decode tasks, which Ray Data starts only
     once every model actor is up, start at once instead of then waiting ~2 s for a
     process and its imports (measured ~1 s sooner to the first batch on a 2-core node).
-    They hold no Ray CPU, so they never keep an actor from being placed. Returns the
-    tasks' refs; nothing needs them.
+    They hold no Ray CPU, so they never keep an actor from being placed; nothing waits
+    for them.
     """
     import ray
 
     warm = ray.remote(num_cpus=0, max_retries=0)(_import_task_modules)
-    return [warm.remote() for _ in range(count)]
+    for _ in range(count):
+        warm.remote()
 
 
 def actor_start_timeout_s() -> int:

@@ -78,9 +78,9 @@ def run_job(spec: Any, job_file: str | None = None, generate_stage: type = Gener
         raise JobError("the job cannot run:\n" + "\n".join(f"  {line}" for line in problems))
     spec = with_pinned_revision(spec)  # before anything loads the model: one commit for all
     connection = ensure_ray(spec)
-    if not connection.joined:  # a cluster's tasks may land on any node: no use there
-        warm_task_workers(spec.resources.decode_workers)
     try:
+        if not connection.joined:  # a cluster's tasks may land on any node: no use there
+            warm_task_workers(spec.resources.decode_workers)
         # After ensure_ray: ray.init replaces the SIGTERM handler with its own.
         with handled_stop_signals():
             return _run(spec, job_file, generate_stage, after_shard,
