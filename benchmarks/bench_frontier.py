@@ -197,6 +197,32 @@ def speed_methods(names: tuple[str, ...], peer_ratio: float,
     return methods
 
 
+def warm_up(model, tokenizer, methods: list[tuple[str, peers.Method]]) -> None:
+    """One 512-token first token per method, untimed."""
+    input_ids = long_text_ids(tokenizer, 512)[None]
+    for _, method in methods:
+        with peers.applied(model, method):
+            first_token(model, input_ids)
+
+
+def timed_first_tokens(model, methods: list[tuple[str, peers.Method]], input_ids: torch.Tensor,
+                       repeats: int) -> dict[str, list[dict]]:
+    """Per method, `repeats` timed first tokens, the methods interleaved per repetition:
+    each run's ``seconds``, ``token``, ``kept_ratio`` (1.0 for dense) and ``timings`` (the
+    ``instrumented`` step seconds)."""
+    samples: dict[str, list[dict]] = {name: [] for name, _ in methods}
+    for _ in range(repeats):
+        for name, method in methods:
+            with peers.applied(model, method), instrumented() as timings:
+                token, seconds, _ = first_token(model, input_ids)
+                stats = peers.prefill_stats(model)
+            samples[name].append({"seconds": seconds, "token": token,
+                                  "timings": dict(timings.seconds),
+                                  "kept_ratio": (float(stats.kept_ratio.mean())
+                                                 if stats is not None else 1.0)})
+    return samples
+
+
 def speed_phase(args: argparse.Namespace, started: float) -> None:
     model, tokenizer = load_smollm2()
     shape = Shape.of(model.config)
@@ -214,23 +240,11 @@ def speed_phase(args: argparse.Namespace, started: float) -> None:
                 "ceiling": "FLOPs(dense) / FLOPs(config): the speed-up at dense SDPA's FLOP "
                            "rate (linear layers, attention pairs of the actual kept positions, "
                            "probes, LM head)"}
-    warm_up = long_text_ids(tokenizer, 512)[None]
-    for _, method in methods:
-        with peers.applied(model, method):
-            first_token(model, warm_up)
+    warm_up(model, tokenizer, methods)
     cells = []
     for length in lengths:
         input_ids = long_text_ids(tokenizer, length)[None]
-        samples: dict[str, list[dict]] = {name: [] for name, _ in methods}
-        for _ in range(repeats):
-            for name, method in methods:
-                with peers.applied(model, method), instrumented() as timings:
-                    token, seconds, _ = first_token(model, input_ids)
-                    stats = peers.prefill_stats(model)
-                samples[name].append({"seconds": seconds, "token": token,
-                                      "selection": timings.seconds.get("select_total", 0.0),
-                                      "kept_ratio": (float(stats.kept_ratio.mean())
-                                                     if stats is not None else 1.0)})
+        samples = timed_first_tokens(model, methods, input_ids, repeats)
         # One untimed run per method records the kept positions the FLOP count needs.
         kept_by_method = {}
         for name, method in methods:
@@ -246,13 +260,14 @@ def speed_phase(args: argparse.Namespace, started: float) -> None:
             flops = flops_of(method, shape, length, kept_by_method[name])
             ceiling = dense_flops / flops["total"]
             speedup = dense_seconds / seconds
+            selections = [r["timings"].get("select_total", 0.0) for r in runs]
             cell = {"length": length, "config_name": name, "method": method.describe(),
                     "ttft_seconds": seconds, "ttft_all": [r["seconds"] for r in runs],
                     "speedup_vs_dense": speedup, "flop_ceiling_speedup": ceiling,
                     "share_of_ceiling": speedup / ceiling,
-                    "selection_seconds": statistics.median(r["selection"] for r in runs),
-                    "selection_share_of_ttft": statistics.median(r["selection"] / r["seconds"]
-                                                                 for r in runs),
+                    "selection_seconds": statistics.median(selections),
+                    "selection_share_of_ttft": statistics.median(
+                        selection / r["seconds"] for selection, r in zip(selections, runs)),
                     "kept_ratio": runs[-1]["kept_ratio"], "flops": flops,
                     "first_token_matches_dense": runs[-1]["token"] == samples["dense"][-1]["token"]}
             cells.append(cell)

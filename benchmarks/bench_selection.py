@@ -19,11 +19,9 @@ import statistics
 import time
 
 from benchmarks import peers
-from benchmarks.bench_frontier import ALL_CONFIGS
-from benchmarks.bench_prefill import first_token
+from benchmarks.bench_frontier import ALL_CONFIGS, timed_first_tokens, warm_up
 from benchmarks.common import add_threads_option, apply_threads, log, write_result
 from benchmarks.corpus import long_text_ids
-from benchmarks.instrument import instrumented
 from benchmarks.smollm2 import load_smollm2
 
 CONFIG_NAMES = ("dense prefill, window", "kv_local, window, tau 0.95")  # default, fast
@@ -44,24 +42,12 @@ def main(argv: list[str] | None = None) -> None:
     model, tokenizer = load_smollm2()
     methods = [("dense", peers.DENSE)] + [(name, peers.zipvl_method(name, **ALL_CONFIGS[name]))
                                           for name in CONFIG_NAMES]
-    warm_up = long_text_ids(tokenizer, 512)[None]
-    for _, method in methods:
-        with peers.applied(model, method):
-            first_token(model, warm_up)
-    input_ids = long_text_ids(tokenizer, length)[None]
-    samples: dict[str, list[dict]] = {name: [] for name, _ in methods}
-    for repeat in range(repeats):
-        for name, method in methods:
-            with peers.applied(model, method), instrumented() as timings:
-                token, seconds, _ = first_token(model, input_ids)
-            samples[name].append({"seconds": seconds, "token": token,
-                                  **{step: timings.seconds.get(step, 0.0) for step in STEPS}})
-            log(f"repeat {repeat}: {name:<28} TTFT {seconds:6.2f} s  selection "
-                f"{timings.seconds.get('select_total', 0.0):.3f} s")
+    warm_up(model, tokenizer, methods)
+    samples = timed_first_tokens(model, methods, long_text_ids(tokenizer, length)[None], repeats)
     cells = []
     for name, _ in methods[1:]:
         runs = samples[name]
-        shares = [run["select_total"] / run["seconds"] for run in runs]
+        shares = [run["timings"].get("select_total", 0.0) / run["seconds"] for run in runs]
         cells.append({
             "config_name": name, "config": ALL_CONFIGS[name], "length": length,
             "ttft_seconds": statistics.median(run["seconds"] for run in runs),
@@ -69,7 +55,8 @@ def main(argv: list[str] | None = None) -> None:
             "dense_ttft_seconds": statistics.median(run["seconds"] for run in samples["dense"]),
             "selection_share_of_ttft": statistics.median(shares),
             "selection_share_all": shares,
-            "step_seconds": {step: statistics.median(run[step] for run in runs) for step in STEPS},
+            "step_seconds": {step: statistics.median(run["timings"].get(step, 0.0) for run in runs)
+                             for step in STEPS},
             "meets_target": statistics.median(shares) <= MAX_SELECTION_SHARE,
             "first_token_matches_dense": runs[-1]["token"] == samples["dense"][-1]["token"],
         })
