@@ -397,6 +397,23 @@ def test_workers_taking_every_cpu_fail_up_front_instead_of_hanging(ray_cluster, 
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").glob("part-*"))
 
 
+def test_a_private_ray_refuses_workers_its_accelerator_slots_cannot_all_hold(ray_cluster, tmp_path):
+    """A private Ray never grows: workers it cannot all place fail at once, where a joined
+    cluster (which may autoscale) lets them wait (``ray_setup.actor_start_timeout_s``)."""
+    import ray
+
+    from pipeline.ray_setup import worker_resources
+
+    slots = ray.cluster_resources()[ACCELERATOR]
+    spec = load_job(CAPTIONS_JOB, [f"output.path={tmp_path / 'out'}", "resources.gpus_per_worker=0",
+                                   f"resources.workers={int(slots) + 1}", "resources.cpus_per_worker=0",
+                                   f"resources.accelerator_resource={ACCELERATOR}"])
+    with pytest.raises(JobError, match=rf"^resources.accelerator_resource: {int(slots) + 1} worker\(s\) "
+                                       rf"need one '{ACCELERATOR}' each, but the Ray cluster has {slots:g}"):
+        worker_resources(spec, joined_cluster=False)
+    assert worker_resources(spec, joined_cluster=True).resources == {ACCELERATOR: 1.0}
+
+
 def test_auto_gpus_on_a_joined_cluster_without_gpus_is_an_error_not_a_cpu_run(ray_cluster, tmp_path):
     # The session cluster has no GPU: its "GPU nodes are down". auto must not fall back to CPU.
     spec = load_job(CAPTIONS_JOB, [f"output.path={tmp_path / 'out'}", "input.limit=2"])
