@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING
 import torch
 from torch.profiler import record_function
 
+from zipvl.host_transfer import to_device
 from zipvl.probes import probe_positions
-from zipvl.scores import normalized_scores, pool_scores, probe_attention
+from zipvl.scores import normalize_summed, pool_scores, probe_attention_sums
 from zipvl.select import select_tokens
 
 if TYPE_CHECKING:
@@ -26,10 +27,26 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class ProbeScores:
-    """``probs [H, |P|, n]``: the probes' attention; ``positions [|P|]``: the probes, sorted."""
+    """The probes' attention summed per KV head, ``[Hk, n]`` each.
 
-    probs: torch.Tensor
+    ``recent_sums`` over the last ``num_recent`` probes, ``earlier_sums`` over the
+    others; ``positions [|P|]``: the probes, sorted; ``group``: query heads per KV head.
+    """
+
+    recent_sums: torch.Tensor
+    earlier_sums: torch.Tensor
     positions: torch.Tensor
+    num_recent: int
+    group: int
+
+    def accumulated(self) -> torch.Tensor:
+        """Eq. 6's accumulated score ``[n]``: every probe and head summed."""
+        return (self.recent_sums + self.earlier_sums).sum(dim=0)
+
+    @property
+    def total_mass(self) -> float:
+        """``M = H * |P|``: each probe row of each head sums to one."""
+        return float(self.recent_sums.shape[0] * self.group * self.positions.numel())
 
 
 def every_position(key: torch.Tensor) -> torch.Tensor:
@@ -41,25 +58,32 @@ def every_position(key: torch.Tensor) -> torch.Tensor:
 def score_probes(query: torch.Tensor, key: torch.Tensor, config: ZipVLConfig, layer_idx: int,
                  scale: float) -> ProbeScores:
     """Steps 1-2: the probes of this layer and their attention over ``key``."""
+    num_tokens = key.shape[1]
     with record_function("zipvl.probes"):
-        positions = probe_positions(key.shape[1], config.num_recent_probes,
-                                    config.num_random_probes, config.seed, layer_idx,
-                                    device=query.device)
+        host_positions = probe_positions(num_tokens, config.num_recent_probes,
+                                         config.num_random_probes, config.seed, layer_idx)
+        positions = to_device(host_positions, query.device)
+    # probe_positions' last min(R, n) positions are the recent probes.
+    num_recent = min(config.num_recent_probes, num_tokens)
     with record_function("zipvl.probe_attention"):
-        probs = probe_attention(query, key, positions, scale)
-    return ProbeScores(probs, positions)
+        recent_sums, earlier_sums = probe_attention_sums(query, key, positions,
+                                                         host_positions.tolist(), num_recent,
+                                                         scale)
+    return ProbeScores(recent_sums, earlier_sums, positions, num_recent,
+                       group=query.shape[0] // key.shape[0])
 
 
 def keep_ranked(probes: ProbeScores, budget: int, config: ZipVLConfig,
                 num_kv_heads: int) -> torch.Tensor:
     """Steps 4-5: the ``budget`` most important positions per KV head, ``[Hk, budget]`` sorted."""
     with record_function("zipvl.importance"):
-        probs, positions = probes.probs, probes.positions
         if config.ranking == "recent":
-            # positions is sorted and the recent probes are the last positions of the prompt.
-            num_recent = min(config.num_recent_probes, probs.shape[-1])
-            probs, positions = probs[:, -num_recent:], positions[-num_recent:]
-        importance = normalized_scores(probs, positions, num_kv_heads)
+            summed = probes.recent_sums
+            positions = probes.positions[probes.positions.numel() - probes.num_recent:]
+        else:
+            summed = probes.recent_sums + probes.earlier_sums
+            positions = probes.positions
+        importance = normalize_summed(summed, positions, probes.group)
         if config.score_pooling > 1:
             importance = pool_scores(importance, config.score_pooling)
     with record_function("zipvl.selection"):

@@ -73,9 +73,59 @@ def normalized_scores(probs: torch.Tensor, probe_positions: torch.Tensor,
     # a reshape would first copy whole.
     summed = probs.view(num_kv_heads, group, num_probes, num_tokens).sum(dim=(1, 2),
                                                                        dtype=torch.float32)
-    counts = probes_at_or_after(probe_positions, num_tokens).to(torch.float32)
+    return normalize_summed(summed, probe_positions, group)
+
+
+def normalize_summed(summed: torch.Tensor, probe_positions: torch.Tensor,
+                     group: int) -> torch.Tensor:
+    """Eq. 7 from ``summed [Hk, n]``, the probes' attention already summed per KV head."""
+    counts = probes_at_or_after(probe_positions, summed.shape[-1]).to(torch.float32)
     denominator = (counts * group).clamp_min(1.0)
     return torch.where(counts > 0, summed / denominator, torch.zeros_like(summed))
+
+
+def probe_attention_sums(query: torch.Tensor, key: torch.Tensor, probe_positions: torch.Tensor,
+                         host_positions: list[int], num_recent: int, scale: float,
+                         chunk: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """``probe_attention`` summed per KV head, without forming ``[H, P, n]``: float32 ``[Hk, n]`` x 2.
+
+    Returns the sums over the last ``num_recent`` probes and over the earlier ones.
+    ``host_positions`` is ``probe_positions`` as Python ints (sorted), so the chunk
+    bounds cost no device synchronisation. The earlier probes go in chunks of
+    ``chunk`` and a chunk reads only the keys its last probe can see: with probes
+    64 probes spread uniformly that skips about 3/8 of their keys, and a chunk's probabilities
+    are summed while they are still in cache. (At 8K on CPU, about 3x faster than
+    ``probe_attention`` followed by the sums.)
+    """
+    num_heads, num_tokens, head_dim = query.shape
+    num_kv_heads = key.shape[0]
+    group = num_heads // num_kv_heads
+    num_probes = len(host_positions)
+    num_earlier = num_probes - num_recent
+    compute_dtype = torch.promote_types(query.dtype, torch.float32)
+    probe_query = (query.index_select(1, probe_positions).to(compute_dtype) * scale).view(
+        num_kv_heads, group, num_probes, head_dim)
+    key = key.to(compute_dtype)
+    recent = torch.zeros(num_kv_heads, num_tokens, dtype=torch.float32, device=query.device)
+    earlier = torch.zeros_like(recent)
+    starts = [*range(0, num_earlier, chunk), num_earlier]
+    spans = [*zip(starts[:-1], starts[1:]), (num_earlier, num_probes)]
+    for start, stop in spans:
+        if stop <= start:
+            continue
+        visible = host_positions[stop - 1] + 1
+        size = stop - start
+        chunk_query = probe_query[:, :, start:stop].reshape(num_kv_heads, group * size, head_dim)
+        logits = torch.bmm(chunk_query, key[:, :visible].transpose(1, 2))
+        key_positions = torch.arange(visible, device=query.device)
+        future = key_positions[None, :] > probe_positions[start:stop, None]
+        bias = torch.zeros(size, visible, dtype=compute_dtype, device=query.device)
+        logits = logits.view(num_kv_heads, group, size, visible)
+        logits.add_(bias.masked_fill_(future, float("-inf")))
+        probs = torch.softmax(logits, dim=-1)
+        target = recent if start >= num_earlier else earlier
+        target[:, :visible] += probs.sum(dim=(1, 2), dtype=torch.float32)
+    return recent, earlier
 
 
 def pool_scores(scores: torch.Tensor, kernel: int) -> torch.Tensor:

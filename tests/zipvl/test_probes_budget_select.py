@@ -10,14 +10,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from zipvl.budget import adaptive_budget, fixed_budget
+from zipvl.config import ZipVLConfig
 from zipvl.probes import probe_positions
 from zipvl.scores import (
     accumulated_scores,
     normalized_scores,
     pool_scores,
     probe_attention,
+    probe_attention_sums,
 )
 from zipvl.select import select_tokens
+from zipvl.strategies import AdaptiveBudget
 
 FAST = settings(max_examples=60, deadline=None)
 
@@ -99,6 +102,52 @@ def test_probe_attention_from_low_precision_inputs_is_float32():
     assert probs.dtype == torch.float32
     reference = full_causal_attention_probs(query.bfloat16(), key.bfloat16(), 0.35)[:, positions]
     torch.testing.assert_close(probs.double(), reference, atol=1e-5, rtol=1e-4)
+
+
+@FAST
+@given(heads=st.sampled_from([(6, 2), (4, 4), (9, 3)]), num_tokens=st.integers(1, 120),
+       num_recent=st.integers(0, 40), num_random=st.integers(0, 40), chunk=st.integers(1, 20),
+       low_precision=st.booleans(), seed=st.integers(0, 1000))
+def test_probe_attention_sums_equal_the_summed_full_softmax_rows(heads, num_tokens, num_recent,
+                                                                 num_random, chunk,
+                                                                 low_precision, seed):
+    num_heads, num_kv_heads = heads
+    group = num_heads // num_kv_heads
+    query, key = random_qk(num_heads, num_kv_heads, num_tokens, seed=seed)
+    if low_precision:
+        query, key = query.bfloat16(), key.bfloat16()
+    positions = probe_positions(num_tokens, num_recent, num_random, seed=seed, layer_idx=3)
+    recent_count = min(num_recent, num_tokens)
+    recent, earlier = probe_attention_sums(query, key, positions, positions.tolist(),
+                                           recent_count, 0.3, chunk=chunk)
+    assert recent.dtype == earlier.dtype == torch.float32
+    rows = full_causal_attention_probs(query, key, 0.3)[:, positions]
+    rows = rows.view(num_kv_heads, group, positions.numel(), num_tokens)
+    split = positions.numel() - recent_count
+    torch.testing.assert_close(recent.double(), rows[:, :, split:].sum(dim=(1, 2)),
+                               atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(earlier.double(), rows[:, :, :split].sum(dim=(1, 2)),
+                               atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("ranking", ["recent", "probes"])
+@pytest.mark.parametrize("num_tokens", [50, 400])
+def test_the_strategy_keeps_what_the_formulas_on_full_probe_attention_keep(ranking, num_tokens):
+    """The summed probe attention the strategy uses ranks and budgets like Eqs. 6-7 on ``A``."""
+    config = ZipVLConfig(tau=0.9, num_recent_probes=16, num_random_probes=24, keep_last=8,
+                         ranking=ranking, score_pooling=3)
+    query, key = random_qk(6, 2, num_tokens, head_dim=16, seed=11)
+    query, key = query.float(), key.float()
+    kept = AdaptiveBudget().kept_positions(query, key, config=config, layer_idx=4, sample=0,
+                                           scale=0.25)
+    positions = probe_positions(num_tokens, 16, 24, config.seed, 4)
+    probs = full_causal_attention_probs(query, key, 0.25)[:, positions].float()
+    budget = adaptive_budget(accumulated_scores(probs), 6.0 * positions.numel(), 0.9, 8)
+    if ranking == "recent":
+        probs, positions = probs[:, -16:], positions[-16:]
+    importance = pool_scores(normalized_scores(probs, positions, 2), 3)
+    assert budget < num_tokens
+    assert torch.equal(kept, select_tokens(importance, budget, 8, "per_head"))
 
 
 def brute_force_normalized(probs: torch.Tensor, positions: list[int], num_kv_heads: int

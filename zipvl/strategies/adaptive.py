@@ -30,13 +30,11 @@ class AdaptiveBudget(SelectionStrategy):
 
         from zipvl.budget import adaptive_budget
         from zipvl.ranking import every_position, keep_ranked, score_probes
-        from zipvl.scores import accumulated_scores
 
         if config.tau >= 1.0:  # every token is kept whatever the scores say: skip the probes
             return every_position(key)
         probes = score_probes(query, key, config, layer_idx, scale)
         with record_function("zipvl.budget"):
-            budget = adaptive_budget(accumulated_scores(probes.probs),
-                                     float(query.shape[0] * probes.positions.numel()),
-                                     config.tau, config.keep_last)
+            budget = adaptive_budget(probes.accumulated(), probes.total_mass, config.tau,
+                                     config.keep_last)
         return keep_ranked(probes, budget, config, num_kv_heads=key.shape[0])
