@@ -179,6 +179,15 @@ def _wait_until_ready(process: subprocess.Popen, server: S3Server, log_path: Pat
             filesystem = server.filesystem(connect_timeout=1.0, request_timeout=2.0)
             filesystem.create_dir("readiness-probe")
             filesystem.get_file_info(pafs.FileSelector("readiness-probe", allow_not_found=True))
+            # Object data lives on the volume server, which registers with the master after
+            # the S3 port and the filer answer: until then a GetObject fails with
+            # INTERNAL_FAILURE (seen right after a restart). Write an object and read it back.
+            token = secrets.token_bytes(8)
+            with filesystem.open_output_stream("readiness-probe/object") as stream:
+                stream.write(token)
+            with filesystem.open_input_stream("readiness-probe/object") as stream:
+                if stream.read() != token:
+                    raise OSError("the readiness object read back different bytes")
             return
         except OSError as error:
             last_error = error
