@@ -14,6 +14,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -170,3 +172,23 @@ def ray_data_settings() -> Iterator[None]:
             setattr(context, name, value)
         for name, level in saved_levels.items():
             logging.getLogger(name).setLevel(level)
+
+
+# Ray Data runs each dataset's streaming executor on a thread of this name (ray 2.60:
+# ray/data/_internal/execution/streaming_executor.py).
+_EXECUTOR_THREAD_PREFIX = "StreamingExecutor-"
+
+
+def wait_for_dataset_executors(timeout_s: float = 60.0) -> None:
+    """Wait until Ray Data's executor threads in this process have ended.
+
+    Closing an iterator shuts its executor down but joins the thread for only 2 s. On a
+    loaded machine the thread can outlive that and reach into Ray after ``ray.shutdown``,
+    and Ray then ends the process with exit code 1, hiding the job's own exit code (seen
+    in CI: a too-many-errors job exited 1 instead of 3).
+    """
+    deadline = time.monotonic() + timeout_s
+    for thread in threading.enumerate():
+        if (thread.name.startswith(_EXECUTOR_THREAD_PREFIX)
+                and thread is not threading.current_thread()):
+            thread.join(max(0.0, deadline - time.monotonic()))

@@ -459,3 +459,26 @@ def test_a_row_that_fails_to_generate_does_not_sink_its_batch():
     for result, prompt, image in [(results[0], prompts[0], images[0]), (results[2], prompts[2], images[1])]:
         expected = generate_one(model, processor, "qwen2_vl", prompt, [image], 6, patched=False)
         assert (result.error, result.output, result.output_tokens) == (None, expected["output"], expected["output_tokens"])
+
+
+def test_the_executor_wait_finds_and_outlasts_ray_datas_executor_thread(ray_cluster):
+    """An upstream rename of the executor thread would silently disable the wait: pin it."""
+    import threading
+
+    import ray
+
+    from pipeline.ray_setup import _EXECUTOR_THREAD_PREFIX, wait_for_dataset_executors
+
+    if not ray.is_initialized():
+        ray.init(address=ray_cluster.address, logging_level="WARNING")
+    batches = iter(ray.data.range(64, override_num_blocks=8).iter_batches(batch_size=8))
+    next(batches)  # stop early, as a failing job does
+
+    def executor_threads() -> list[threading.Thread]:
+        return [thread for thread in threading.enumerate()
+                if thread.name.startswith(_EXECUTOR_THREAD_PREFIX) and thread.is_alive()]
+
+    assert executor_threads(), [thread.name for thread in threading.enumerate()]
+    batches.close()
+    wait_for_dataset_executors()
+    assert not executor_threads()
