@@ -73,8 +73,7 @@ def score_probes(query: torch.Tensor, key: torch.Tensor, config: ZipVLConfig, la
                        group=query.shape[0] // key.shape[0])
 
 
-def keep_ranked(probes: ProbeScores, budget: int, config: ZipVLConfig,
-                num_kv_heads: int) -> torch.Tensor:
+def keep_ranked(probes: ProbeScores, budget: int, config: ZipVLConfig) -> torch.Tensor:
     """Steps 4-5: the ``budget`` most important positions per KV head, ``[Hk, budget]`` sorted."""
     with record_function("zipvl.importance"):
         if config.ranking == "recent":

@@ -22,24 +22,39 @@ def probe_attention(query: torch.Tensor, key: torch.Tensor, probe_positions: tor
     heads are grouped onto their KV head (head ``h`` reads KV head ``h // G``), so
     K is never repeated.
     """
-    num_heads, num_tokens, head_dim = query.shape
+    num_heads, num_tokens, _ = query.shape
+    probe_query, key = _scaled_probe_queries(query, key, probe_positions, scale)
+    probs = _causal_probe_softmax(probe_query, key, probe_positions)
+    return probs.reshape(num_heads, probe_positions.numel(), num_tokens).to(torch.float32)
+
+
+def _scaled_probe_queries(query: torch.Tensor, key: torch.Tensor, probe_positions: torch.Tensor,
+                          scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[Hk, G, P, d]`` probe queries times ``scale``, and ``key``, both in the compute dtype."""
+    num_heads, _, head_dim = query.shape
     num_kv_heads = key.shape[0]
-    group = num_heads // num_kv_heads
-    num_probes = probe_positions.numel()
     compute_dtype = torch.promote_types(query.dtype, torch.float32)
-    # At 8K every [H, P, n] pass is ~30 MB: the scale goes on the P x d probe queries,
-    # and the causal mask is a [P, n] additive bias added in place. (A broadcast
-    # masked_fill and a scaled copy of the logits made the probes ~3x slower on CPU.)
+    # The scale goes on the P x d probe queries, not on the [H, P, n] logits (at 8K a
+    # scaled copy of the logits is ~30 MB per layer).
     probe_query = query.index_select(1, probe_positions).to(compute_dtype) * scale
-    probe_query = probe_query.view(num_kv_heads, group * num_probes, head_dim)
-    logits = torch.bmm(probe_query, key.to(compute_dtype).transpose(1, 2))
-    logits = logits.view(num_kv_heads, group, num_probes, num_tokens)
-    key_positions = torch.arange(num_tokens, device=query.device)
-    future = key_positions[None, :] > probe_positions[:, None]
-    bias = torch.zeros(num_probes, num_tokens, dtype=compute_dtype, device=query.device)
+    return (probe_query.view(num_kv_heads, num_heads // num_kv_heads, -1, head_dim),
+            key.to(compute_dtype))
+
+
+def _causal_probe_softmax(probe_query: torch.Tensor, key: torch.Tensor,
+                          probe_positions: torch.Tensor) -> torch.Tensor:
+    """Softmax ``[Hk, G, P, m]`` of ``probe_query [Hk, G, P, d]`` over ``key [Hk, m, d]``,
+    probe ``i`` seeing keys ``j <= i`` (``m`` must exceed every position)."""
+    num_kv_heads, group, num_probes, head_dim = probe_query.shape
+    visible = key.shape[1]
+    logits = torch.bmm(probe_query.reshape(num_kv_heads, group * num_probes, head_dim),
+                       key.transpose(1, 2)).view(num_kv_heads, group, num_probes, visible)
+    # The causal mask as a [P, m] additive bias added in place: a broadcast masked_fill
+    # over the logits made the probes ~3x slower on CPU.
+    future = torch.arange(visible, device=key.device)[None, :] > probe_positions[:, None]
+    bias = torch.zeros(num_probes, visible, dtype=logits.dtype, device=key.device)
     logits.add_(bias.masked_fill_(future, float("-inf")))
-    probs = torch.softmax(logits, dim=-1)
-    return probs.view(num_heads, num_probes, num_tokens).to(torch.float32)
+    return torch.softmax(logits, dim=-1)
 
 
 def accumulated_scores(probs: torch.Tensor) -> torch.Tensor:
@@ -92,21 +107,16 @@ def probe_attention_sums(query: torch.Tensor, key: torch.Tensor, probe_positions
     Returns the sums over the last ``num_recent`` probes and over the earlier ones.
     ``host_positions`` is ``probe_positions`` as Python ints (sorted), so the chunk
     bounds cost no device synchronisation. The earlier probes go in chunks of
-    ``chunk`` and a chunk reads only the keys its last probe can see: with probes
-    64 probes spread uniformly that skips about 3/8 of their keys, and a chunk's probabilities
+    ``chunk`` and a chunk reads only the keys its last probe can see (with 64 probes
+    spread uniformly that skips about 3/8 of their keys), and a chunk's probabilities
     are summed while they are still in cache. (At 8K on CPU, about 3x faster than
     ``probe_attention`` followed by the sums.)
     """
-    num_heads, num_tokens, head_dim = query.shape
-    num_kv_heads = key.shape[0]
-    group = num_heads // num_kv_heads
+    num_tokens = query.shape[1]
     num_probes = len(host_positions)
     num_earlier = num_probes - num_recent
-    compute_dtype = torch.promote_types(query.dtype, torch.float32)
-    probe_query = (query.index_select(1, probe_positions).to(compute_dtype) * scale).view(
-        num_kv_heads, group, num_probes, head_dim)
-    key = key.to(compute_dtype)
-    recent = torch.zeros(num_kv_heads, num_tokens, dtype=torch.float32, device=query.device)
+    probe_query, key = _scaled_probe_queries(query, key, probe_positions, scale)
+    recent = torch.zeros(key.shape[0], num_tokens, dtype=torch.float32, device=query.device)
     earlier = torch.zeros_like(recent)
     starts = [*range(0, num_earlier, chunk), num_earlier]
     spans = [*zip(starts[:-1], starts[1:]), (num_earlier, num_probes)]
@@ -114,15 +124,8 @@ def probe_attention_sums(query: torch.Tensor, key: torch.Tensor, probe_positions
         if stop <= start:
             continue
         visible = host_positions[stop - 1] + 1
-        size = stop - start
-        chunk_query = probe_query[:, :, start:stop].reshape(num_kv_heads, group * size, head_dim)
-        logits = torch.bmm(chunk_query, key[:, :visible].transpose(1, 2))
-        key_positions = torch.arange(visible, device=query.device)
-        future = key_positions[None, :] > probe_positions[start:stop, None]
-        bias = torch.zeros(size, visible, dtype=compute_dtype, device=query.device)
-        logits = logits.view(num_kv_heads, group, size, visible)
-        logits.add_(bias.masked_fill_(future, float("-inf")))
-        probs = torch.softmax(logits, dim=-1)
+        probs = _causal_probe_softmax(probe_query[:, :, start:stop], key[:, :visible],
+                                      probe_positions[start:stop])
         target = recent if start >= num_earlier else earlier
         target[:, :visible] += probs.sum(dim=(1, 2), dtype=torch.float32)
     return recent, earlier

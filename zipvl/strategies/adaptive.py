@@ -37,4 +37,4 @@ class AdaptiveBudget(SelectionStrategy):
         with record_function("zipvl.budget"):
             budget = adaptive_budget(probes.accumulated(), probes.total_mass, config.tau,
                                      config.keep_last)
-        return keep_ranked(probes, budget, config, num_kv_heads=key.shape[0])
+        return keep_ranked(probes, budget, config)

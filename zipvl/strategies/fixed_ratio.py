@@ -36,4 +36,4 @@ class FixedRatio(SelectionStrategy):
 
         probes = score_probes(query, key, config, layer_idx, scale)
         budget = fixed_budget(key.shape[1], self.ratio, config.keep_last)
-        return keep_ranked(probes, budget, config, num_kv_heads=key.shape[0])
+        return keep_ranked(probes, budget, config)
