@@ -174,21 +174,25 @@ def ray_data_settings() -> Iterator[None]:
             logging.getLogger(name).setLevel(level)
 
 
-# Ray Data runs each dataset's streaming executor on a thread of this name (ray 2.60:
-# ray/data/_internal/execution/streaming_executor.py).
-_EXECUTOR_THREAD_PREFIX = "StreamingExecutor-"
+# Ray Data's threads that make bounded Ray calls and end once their iterator is closed
+# (ray 2.60: the streaming executor, the batch-format workers of block_batching/util.py,
+# the metadata fetcher of execution/metadata_fetcher.py). Its block "Prefetcher" thread
+# is left out: it parks for good on a condition once no blocks are queued, and only the
+# format workers queue them.
+DATASET_THREAD_PREFIXES = ("StreamingExecutor-", "iter_threaded", "ray-data-metadata-prefetch")
 
 
 def wait_for_dataset_executors(timeout_s: float = 60.0) -> None:
-    """Wait until Ray Data's executor threads in this process have ended.
+    """Wait until Ray Data's executor and worker threads in this process have ended.
 
-    Closing an iterator shuts its executor down but joins the thread for only 2 s. On a
-    loaded machine the thread can outlive that and reach into Ray after ``ray.shutdown``,
-    and Ray then ends the process with exit code 1, hiding the job's own exit code (seen
-    in CI: a too-many-errors job exited 1 instead of 3).
+    Closing an iterator stops them but joins the executor for only 2 s and the others not
+    at all. On a loaded machine one can outlive that and reach into Ray after
+    ``ray.shutdown``, and Ray then ends the process with exit code 1, hiding the job's
+    own exit code (seen in CI: a too-many-errors job, then a Ctrl-C'd one, exited 1
+    instead of 3 and 130).
     """
     deadline = time.monotonic() + timeout_s
     for thread in threading.enumerate():
-        if (thread.name.startswith(_EXECUTOR_THREAD_PREFIX)
+        if (thread.name.startswith(DATASET_THREAD_PREFIXES)
                 and thread is not threading.current_thread()):
             thread.join(max(0.0, deadline - time.monotonic()))

@@ -215,7 +215,7 @@ def _stream(run: _Run, after_shard: AfterShard | None) -> None:
     writer, progress = run.writer, Progress(total=run.plan.to_process)
     try:
         if run.plan.to_process:
-            batches = run.plan.dataset.iter_batches(batch_size=None, batch_format="pyarrow")
+            batches = iter(run.plan.dataset.iter_batches(batch_size=None, batch_format="pyarrow"))
             try:
                 for batch in batches:
                     run.start.lock.check()  # never write once another run holds the folder
@@ -230,7 +230,7 @@ def _stream(run: _Run, after_shard: AfterShard | None) -> None:
                 # Stop Ray Data's executor now rather than at garbage collection: after an
                 # early stop it would still be running into ray.shutdown, which kills the
                 # process (exit 1) before the CLI can report why the job stopped.
-                getattr(batches, "close", lambda: None)()
+                batches.close()
                 wait_for_dataset_executors()
         writer.flush()
     except KeyboardInterrupt as stop:

@@ -461,24 +461,29 @@ def test_a_row_that_fails_to_generate_does_not_sink_its_batch():
         assert (result.error, result.output, result.output_tokens) == (None, expected["output"], expected["output_tokens"])
 
 
-def test_the_executor_wait_finds_and_outlasts_ray_datas_executor_thread(ray_cluster):
-    """An upstream rename of the executor thread would silently disable the wait: pin it."""
+def test_the_executor_wait_finds_and_outlasts_ray_datas_threads(ray_cluster):
+    """An upstream rename of a Ray Data thread would silently drop it from the wait: pin
+    each name, as the runner iterates (whole blocks as pyarrow), and check that none is
+    left after an early stop."""
     import threading
 
     import ray
 
-    from pipeline.ray_setup import _EXECUTOR_THREAD_PREFIX, wait_for_dataset_executors
+    from pipeline.ray_setup import DATASET_THREAD_PREFIXES, wait_for_dataset_executors
 
     if not ray.is_initialized():
         ray.init(address=ray_cluster.address, logging_level="WARNING")
-    batches = iter(ray.data.range(64, override_num_blocks=8).iter_batches(batch_size=8))
+    batches = iter(ray.data.range(64, override_num_blocks=8)
+                   .iter_batches(batch_size=None, batch_format="pyarrow"))
     next(batches)  # stop early, as a failing job does
 
-    def executor_threads() -> list[threading.Thread]:
-        return [thread for thread in threading.enumerate()
-                if thread.name.startswith(_EXECUTOR_THREAD_PREFIX) and thread.is_alive()]
+    def dataset_threads() -> list[str]:
+        return sorted(thread.name for thread in threading.enumerate()
+                      if thread.name.startswith(DATASET_THREAD_PREFIXES) and thread.is_alive())
 
-    assert executor_threads(), [thread.name for thread in threading.enumerate()]
+    seen = dataset_threads()
+    assert all(any(name.startswith(prefix) for name in seen) for prefix in DATASET_THREAD_PREFIXES), \
+        [thread.name for thread in threading.enumerate()]
     batches.close()
     wait_for_dataset_executors()
-    assert not executor_threads()
+    assert not dataset_threads()
