@@ -443,6 +443,31 @@ def test_decoding_stays_a_separate_stage_from_generation(ray_cluster, tmp_path: 
     assert plan.input_rows == pq.read_metadata(SAMPLE).num_rows and plan.skipped == 0
 
 
+def test_planning_raises_no_deprecation_warning(ray_cluster, tmp_path: Path):
+    """Every run printed Ray's warning about the bounded-retry arguments, which Ray 2.60
+    names no replacement for; the stages must still carry the retries."""
+    import warnings
+
+    import pyarrow as pa
+
+    from pipeline.plan import plan_job
+    from pipeline.ray_setup import ray_data_settings
+
+    spec = load_job(CAPTIONS_JOB, [f"output.path={tmp_path / 'out'}"])
+    with ray_data_settings(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plan = plan_job(spec, pa.array([], type=pa.string()))
+    assert not [str(w.message) for w in caught if issubclass(w.category, DeprecationWarning)]
+    operators = []
+    operator = plan.dataset._logical_plan.dag
+    while operator is not None:
+        operators.append(operator)
+        operator = operator.input_dependencies[0] if operator.input_dependencies else None
+    remote_args = {op.name: getattr(op, "ray_remote_args", None) for op in operators}
+    assert remote_args["MapBatches(DecodeStage)"]["max_retries"] >= 1, remote_args
+    assert remote_args["MapBatches(GenerateStage)"]["max_task_retries"] >= 1, remote_args
+
+
 def test_a_row_that_fails_to_generate_does_not_sink_its_batch():
     """The batch fails as a whole (one image is refused); the other rows are retried alone."""
     from pipeline.model_runner import GenerationSettings, generate_rows, load_model
