@@ -182,7 +182,7 @@ def ray_data_settings() -> Iterator[None]:
 DATASET_THREAD_PREFIXES = ("StreamingExecutor-", "iter_threaded", "ray-data-metadata-prefetch")
 
 
-def wait_for_dataset_executors(timeout_s: float = 60.0) -> None:
+def wait_for_dataset_threads(timeout_s: float = 60.0) -> None:
     """Wait until Ray Data's executor and worker threads in this process have ended.
 
     Closing an iterator stops them but joins the executor for only 2 s and the others not

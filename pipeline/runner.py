@@ -46,7 +46,7 @@ from pipeline.ray_setup import (
     actor_start_timeout_s,
     ensure_ray,
     ray_data_settings,
-    wait_for_dataset_executors,
+    wait_for_dataset_threads,
     warm_task_workers,
 )
 from pipeline.report import REPORT_NAME, ActorTiming, RunTally, build_report, write_report
@@ -231,7 +231,7 @@ def _stream(run: _Run, after_shard: AfterShard | None) -> None:
                 # early stop it would still be running into ray.shutdown, which kills the
                 # process (exit 1) before the CLI can report why the job stopped.
                 batches.close()
-                wait_for_dataset_executors()
+                wait_for_dataset_threads()
         writer.flush()
     except KeyboardInterrupt as stop:
         # Keep what finished: the buffered rows become one more complete shard.

@@ -486,7 +486,7 @@ def test_a_row_that_fails_to_generate_does_not_sink_its_batch():
         assert (result.error, result.output, result.output_tokens) == (None, expected["output"], expected["output_tokens"])
 
 
-def test_the_executor_wait_finds_and_outlasts_ray_datas_threads(ray_cluster):
+def test_the_thread_wait_finds_and_outlasts_ray_datas_threads(ray_cluster):
     """An upstream rename of a Ray Data thread would silently drop it from the wait: pin
     each name, as the runner iterates (whole blocks as pyarrow), and check that none is
     left after an early stop."""
@@ -494,7 +494,7 @@ def test_the_executor_wait_finds_and_outlasts_ray_datas_threads(ray_cluster):
 
     import ray
 
-    from pipeline.ray_setup import DATASET_THREAD_PREFIXES, wait_for_dataset_executors
+    from pipeline.ray_setup import DATASET_THREAD_PREFIXES, wait_for_dataset_threads
 
     if not ray.is_initialized():
         ray.init(address=ray_cluster.address, logging_level="WARNING")
@@ -510,5 +510,5 @@ def test_the_executor_wait_finds_and_outlasts_ray_datas_threads(ray_cluster):
     assert all(any(name.startswith(prefix) for name in seen) for prefix in DATASET_THREAD_PREFIXES), \
         [thread.name for thread in threading.enumerate()]
     batches.close()
-    wait_for_dataset_executors()
+    wait_for_dataset_threads()
     assert not dataset_threads()
