@@ -23,6 +23,8 @@ result each, merged (with the front computed) by ``--phase front``:
 
 ``--suite high-tau`` runs the same phases for tau 0.99 (``HIGH_TAU_CONFIGS``) with
 its own peers at its own budget, into ``frontier-<phase>-high-tau-latest.json``;
+``--suite even`` the even spread of the budget over the layers at tau 0.975 and 0.99
+(``EVEN_CONFIGS``), ``--suite tau-0.995`` the even and per-layer spreads at tau 0.995;
 the front joins every suite that was run.
 
     python -m benchmarks.bench_frontier --phase fidelity --threads 2
@@ -65,7 +67,8 @@ PAPER_RANKING = {"ranking": "probes", "num_recent_probes": 64, "score_pooling": 
 POOLED_RANKING = {"ranking": "probes", "num_recent_probes": 64, "score_pooling": 3}
 # Every field that differs between configurations is spelled out, so a change of the
 # project defaults does not change what a name measures.
-_BASE = {"num_random_probes": 64, "keep_last": 64, "local_window": 128}
+_BASE = {"num_random_probes": 64, "keep_last": 64, "local_window": 128,
+         "budget_spread": "per_layer"}
 CONFIGS: dict[str, dict] = {
     "paper": {**_BASE, **PAPER_RANKING, "prefill": "qkv", "tau": 0.975},
     "kv_local (previous default)": {**_BASE, **POOLED_RANKING, "prefill": "kv_local",
@@ -96,14 +99,32 @@ HIGH_TAU_CONFIGS: dict[str, dict] = {
     "kept_dense, window, tau 0.99": {**_BASE, **WINDOW_RANKING, "prefill": "kept_dense",
                                      "tau": 0.99},
 }
+# ZipVL's adaptive budget spread evenly over the layers (``budget_spread: even``): the
+# SnapKV-style peer answered better than the per-layer budgets at both budgets above.
+EVEN_CONFIGS: dict[str, dict] = {
+    "dense prefill, window, even": {**_BASE, **WINDOW_RANKING, "prefill": "dense",
+                                    "tau": 0.975, "budget_spread": "even"},
+    "dense prefill, window, even, tau 0.99": {**_BASE, **WINDOW_RANKING, "prefill": "dense",
+                                              "tau": 0.99, "budget_spread": "even"},
+}
+# The budget at which the even spread first reached 0.7 on the held-out family (a sweep
+# of tau 0.99 / 0.993 / 0.995 on those 4 documents), with the per-layer budgets beside it.
+TAU_0995_CONFIGS: dict[str, dict] = {
+    "dense prefill, window, even, tau 0.995": {**_BASE, **WINDOW_RANKING, "prefill": "dense",
+                                               "tau": 0.995, "budget_spread": "even"},
+    "dense prefill, window, tau 0.995": {**_BASE, **WINDOW_RANKING, "prefill": "dense",
+                                         "tau": 0.995},
+}
 QUICK_CONFIGS = ("paper", "kv_local, window", "kept_dense_local, window")
 # Each suite: its configurations, and the one whose budget the cache-only peers match
 # (same cache, dense prefill). Results are written per suite and joined by the front.
 SUITES: dict[str, tuple[dict[str, dict], str]] = {
     "main": (CONFIGS, "dense prefill, window"),
     "high-tau": (HIGH_TAU_CONFIGS, "dense prefill, window, tau 0.99"),
+    "even": (EVEN_CONFIGS, "dense prefill, window, even"),
+    "tau-0.995": (TAU_0995_CONFIGS, "dense prefill, window, even, tau 0.995"),
 }
-ALL_CONFIGS = {**CONFIGS, **HIGH_TAU_CONFIGS}
+ALL_CONFIGS = {**CONFIGS, **HIGH_TAU_CONFIGS, **EVEN_CONFIGS, **TAU_0995_CONFIGS}
 
 
 def result_name(phase: str, suite: str) -> str:

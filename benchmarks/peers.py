@@ -97,6 +97,20 @@ class RecordingKept(SelectionStrategy):
     kept: dict[int, torch.Tensor]
     name = "recording"
 
+    @property
+    def has_adaptive_budget(self) -> bool:  # type: ignore[override]
+        return self.inner.has_adaptive_budget
+
+    def scored_budget(self, query, key, *, config, layer_idx, sample, scale):
+        # An even spread keeps its cache positions after the last layer, and a dense
+        # prefill's FLOPs do not depend on them; a sparse prefill's would, and its kept
+        # sets are taken past this wrapper, so it is refused rather than miscounted.
+        if config.prefill != "dense":
+            raise NotImplementedError("the FLOP count of budget_spread 'even' with a sparse "
+                                      "prefill is not recorded; use budget_spread 'per_layer'")
+        return self.inner.scored_budget(query, key, config=config, layer_idx=layer_idx,
+                                        sample=sample, scale=scale)
+
     def kept_positions(self, query, key, *, config, layer_idx, sample, scale):
         chosen = self.inner.kept_positions(query, key, config=config, layer_idx=layer_idx,
                                            sample=sample, scale=scale)

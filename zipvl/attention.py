@@ -32,8 +32,10 @@ from transformers.masking_utils import AttentionMaskInterface
 from zipvl.backends import flash
 from zipvl.cache import ZipVLCache, ZipVLLayer
 from zipvl.config import ZipVLConfig
+from zipvl.even_spread import ScoredLayer, compress_evenly
 from zipvl.layer_policy import select_for_layer
 from zipvl.padding import PaddingLayout, padding_layout
+from zipvl.ranking import keep_ranked
 from zipvl.sparse_attention import (
     decode_attention,
     dense_causal_attention,
@@ -60,6 +62,9 @@ class ZipVLState:
     # The padding mask of the current prefill and its layout: every layer gets the same mask
     # object, so its one host read (``padding.padding_layout``) is paid once per prefill.
     _padding: tuple[torch.Tensor, int, PaddingLayout] | None = field(default=None, repr=False)
+    # ``budget_spread: even``: the layers of the current prefill scored so far, compressed
+    # together once the last one is (``zipvl.even_spread``).
+    scored_layers: dict[int, ScoredLayer] = field(default_factory=dict, repr=False)
 
     @property
     def cache(self) -> ZipVLCache | None:
@@ -72,6 +77,7 @@ class ZipVLState:
     def begin_prefill(self) -> None:
         self.record = PrefillRecord()
         self._padding = None
+        self.scored_layers = {}
 
     def padding_layout(self, attention_mask: torch.Tensor | None, batch: int, num_tokens: int,
                        device: torch.device) -> PaddingLayout:
@@ -192,6 +198,11 @@ def _prefill(state: ZipVLState, layer: ZipVLLayer | None, layer_idx: int, query:
     # the loop reads a device value except the adaptive budget, which decides a shape.
     samples = [(layout.take(query, sample), layout.take(key, sample), layout.take(value, sample))
                for sample in range(batch)]
+    bytes_per_token = 2 * num_kv_heads * head_dim * key.element_size()
+    if config.budget_spread == "even" and config.strategy.has_adaptive_budget \
+            and config.tau < 1.0:
+        return _prefill_spread_evenly(state, layer, layer_idx, samples, layout, scale, query,
+                                      bytes_per_token)
     kept_list, modes = [], []
     for sample, (sample_query, sample_key, _) in enumerate(samples):
         kept, mode = _choose_tokens(state, layer_idx, sample, sample_query, sample_key, scale)
@@ -200,18 +211,63 @@ def _prefill(state: ZipVLState, layer: ZipVLLayer | None, layer_idx: int, query:
 
     with record_function("zipvl.attention_kernel"):
         outputs = _prefill_outputs(config, samples, kept_list, modes, scale, query)
-    output = query.new_zeros(batch, num_heads, num_tokens, head_dim)
-    for sample, sample_output in enumerate(outputs):
-        if sample_output is not None:
-            layout.put(output, sample, sample_output)
+    output = _assemble(outputs, layout, query)
 
     if layer is not None:
         kept_in_prompt = [layout.in_prompt(sample, kept) for sample, kept in enumerate(kept_list)]
         with record_function("zipvl.compress"):
             layer.compress(kept_in_prompt, prompt_tokens=prompt_tokens)
     state.record.add_layer(layer_idx, [int(kept.shape[-1]) for kept in kept_list], prompt_tokens,
-                           bytes_per_token=2 * num_kv_heads * head_dim * key.element_size())
+                           bytes_per_token=bytes_per_token)
     return output
+
+
+def _assemble(outputs: list[torch.Tensor | None], layout: PaddingLayout,
+              query: torch.Tensor) -> torch.Tensor:
+    """The per-sample outputs ``[H, n_i, d]`` put back into the padded ``[b, H, n, d]``."""
+    output = torch.zeros_like(query)
+    for sample, sample_output in enumerate(outputs):
+        if sample_output is not None:
+            layout.put(output, sample, sample_output)
+    return output
+
+
+def _prefill_spread_evenly(state: ZipVLState, layer: ZipVLLayer | None, layer_idx: int,
+                           samples: list, layout: PaddingLayout, scale: float,
+                           query: torch.Tensor, bytes_per_token: int) -> torch.Tensor:
+    """``budget_spread: even``: attention with this layer's own budget now; the cache of
+    every layer compressed together after the last one (``zipvl.even_spread``)."""
+    config = state.config
+    probes_list, budgets, kept_list, modes = [], [], [], []
+    for sample, (sample_query, sample_key, _) in enumerate(samples):
+        num_tokens = sample_key.shape[1]
+        if num_tokens == 0 or layer_idx in config.dense_layers \
+                or num_tokens < config.min_prefill_len:
+            probes_list.append(None)
+            budgets.append(num_tokens)
+            kept_list.append(None)
+            modes.append("empty" if num_tokens == 0 else "dense")
+            continue
+        with record_function("zipvl.select"):
+            probes, budget = config.strategy.scored_budget(
+                sample_query, sample_key, config=config, layer_idx=layer_idx, sample=sample,
+                scale=scale)
+            # Dense prefill reads no kept set; a sparse one attends to this layer's own.
+            kept = keep_ranked(probes, budget, config) if config.prefill != "dense" else None
+        probes_list.append(probes)
+        budgets.append(budget)
+        kept_list.append(kept)
+        modes.append(config.prefill)
+    with record_function("zipvl.attention_kernel"):
+        outputs = _prefill_outputs(config, samples, kept_list, modes, scale, query)
+    state.scored_layers[layer_idx] = ScoredLayer(
+        layer=layer, probes=probes_list, budgets=budgets, layout=layout,
+        num_kv_heads=samples[0][1].shape[0], device=query.device,
+        bytes_per_token=bytes_per_token)
+    if len(state.scored_layers) == state.num_layers:
+        compress_evenly(state.scored_layers, config, state.record.add_layer)
+        state.scored_layers = {}
+    return _assemble(outputs, layout, query)
 
 
 def _choose_tokens(state: ZipVLState, layer_idx: int, sample: int, query: torch.Tensor,

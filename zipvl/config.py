@@ -19,12 +19,14 @@ Selection = Literal["per_head", "shared"]
 PrefillMode = Literal["qkv", "kv", "kv_local", "kept_dense", "kept_dense_local", "dense"]
 Backend = Literal["auto", "sdpa", "flash"]
 Ranking = Literal["probes", "recent"]
+BudgetSpread = Literal["per_layer", "even"]
 
 SELECTIONS: tuple[str, ...] = ("per_head", "shared")
 PREFILL_MODES: tuple[str, ...] = ("qkv", "kv", "kv_local", "kept_dense", "kept_dense_local",
                                   "dense")
 BACKENDS: tuple[str, ...] = ("auto", "sdpa", "flash")
 RANKINGS: tuple[str, ...] = ("probes", "recent")
+BUDGET_SPREADS: tuple[str, ...] = ("per_layer", "even")
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,14 @@ class ZipVLConfig:
         recent probes only). The adaptive budget always comes from every probe.
     score_pooling: *extension*, SnapKV-style max pooling of the importance scores over
         this many neighbouring keys before ranking (1 = off, the paper's).
+    budget_spread: *extension*, how the adaptive budgets reach the cache: ``per_layer``
+        (the paper's: each layer keeps its own) or ``even`` (every layer of a sample keeps
+        the mean of that sample's adaptive budgets, as SnapKV spreads a fixed budget;
+        ``zipvl.even_spread``). A sparse prefill still attends with each layer's own
+        budget; only the cache is spread. The layers are compressed once the last has
+        its budget, so the cache holds every token until the prefill ends. Strategies
+        whose budget is the same in every layer (``fixed_ratio``, ``sink_and_recent``)
+        are even already.
 
     The defaults were chosen on the measured frontier of answer fidelity against
     prefill speed (``benchmarks/bench_frontier.py``, README "The method, the
@@ -83,6 +93,7 @@ class ZipVLConfig:
     strategy: SelectionStrategy = field(default_factory=AdaptiveBudget)
     ranking: Ranking = "recent"
     score_pooling: int = 5
+    budget_spread: BudgetSpread = "per_layer"
     backend: Backend = "auto"
 
     def __post_init__(self) -> None:
@@ -116,6 +127,8 @@ class ZipVLConfig:
         _check(isinstance(self.score_pooling, int) and self.score_pooling >= 1
                and self.score_pooling % 2 == 1, "score_pooling",
                f"must be an odd integer >= 1, got {self.score_pooling!r}")
+        _check(self.budget_spread in BUDGET_SPREADS, "budget_spread",
+               f"must be one of {BUDGET_SPREADS}, got {self.budget_spread!r}")
         _check(self.backend in BACKENDS, "backend",
                f"must be one of {BACKENDS}, got {self.backend!r}")
 

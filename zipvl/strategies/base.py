@@ -9,6 +9,7 @@ if TYPE_CHECKING:
     import torch
 
     from zipvl.config import ZipVLConfig
+    from zipvl.ranking import ProbeScores
 
 
 class SelectionStrategy:
@@ -20,6 +21,10 @@ class SelectionStrategy:
     """
 
     name: ClassVar[str]
+    # True where the strategy sets a budget from the scores and ranks apart
+    # (``scored_budget``), so the budget can be spread over the layers
+    # (``ZipVLConfig.budget_spread``).
+    has_adaptive_budget: ClassVar[bool] = False
 
     def kept_positions(self, query: torch.Tensor, key: torch.Tensor, *, config: ZipVLConfig,
                        layer_idx: int, sample: int, scale: float) -> torch.Tensor:
@@ -29,6 +34,14 @@ class SelectionStrategy:
         ``sample`` of the batch, without padding.
         """
         raise NotImplementedError
+
+    def scored_budget(self, query: torch.Tensor, key: torch.Tensor, *, config: ZipVLConfig,
+                      layer_idx: int, sample: int, scale: float) -> tuple[ProbeScores, int]:
+        """The probes' scores and this layer's own budget, before the top ``p`` are taken.
+
+        Only strategies with ``has_adaptive_budget`` implement it.
+        """
+        raise NotImplementedError(f"{self.name} sets no budget of its own to spread")
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, **dataclasses.asdict(self)}  # type: ignore[call-overload]
