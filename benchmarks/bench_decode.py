@@ -28,6 +28,7 @@ is computed from them at ``n + --output-tokens`` tokens per sample.
 
     python -m benchmarks.bench_decode            # 2K x batch 1 and 8, 4K x batch 8
     python -m benchmarks.bench_decode --quick    # 512 x batch 2, 2 repetitions
+    python -m benchmarks.bench_decode --cells 2048x8   # one cell
 """
 
 from __future__ import annotations
@@ -125,15 +126,25 @@ def parse_args() -> argparse.Namespace:
                         help="KV-cache memory budget for the largest-batch figure")
     parser.add_argument("--output-tokens", type=int, default=256,
                         help="output tokens assumed per sample in the largest-batch figure")
+    parser.add_argument("--cells", nargs="+", default=None, metavar="CONTEXTxBATCH",
+                        help="cells to run, e.g. 2048x8 (default: 2048x1 2048x8 4096x8)")
     add_threads_option(parser)
     return parser.parse_args()
+
+
+def parse_cell(text: str) -> tuple[int, int]:
+    context, _, batch = text.partition("x")
+    if not (context.isdigit() and batch.isdigit()):
+        raise SystemExit(f"--cells takes CONTEXTxBATCH, e.g. 2048x8; got {text!r}")
+    return int(context), int(batch)
 
 
 def main() -> int:
     args = parse_args()
     started = time.perf_counter()
     apply_threads(args.threads)
-    cells = QUICK_CELLS if args.quick else FULL_CELLS
+    cells = (tuple(parse_cell(cell) for cell in args.cells) if args.cells
+             else QUICK_CELLS if args.quick else FULL_CELLS)
     repeats = args.repeats or (2 if args.quick else 3)
     new_tokens = args.new_tokens or (12 if args.quick else 34)
     model, tokenizer = load_smollm2()
