@@ -21,10 +21,19 @@ each repetition), each cell ``--repeats`` times (median and spread reported):
   compression buys, and ``vs dense`` adds what the implementation buys.
 * ``zipvl default``: ``zipvl.ZipVLConfig()``, the project default.
 * ``zipvl fast``: the ``fast`` preset (``configs/zipvl/fast.yaml``).
+* ``zipvl tau 0.975``: the default at the previous default's tau, a smaller cache.
 
 KV-cache bytes per sample come from ``zipvl.stats().cache_bytes`` (dense: prompt
 tokens x ``2 x Hk x d x 4 B x layers``); the largest batch that fits ``--budget-gib``
 is computed from them at ``n + --output-tokens`` tokens per sample.
+
+Ceilings: one decoding step reads every weight once for the whole batch and every
+cached K/V byte once, and computes the linear layers, the LM head and one (query, key)
+pair per cached token and query head. ``byte_ceiling`` and ``flop_ceiling`` are the
+uncompressed step's bytes (FLOPs) over the method's, counted at the cache's mid-decode
+size (prompt cache plus half the new tokens): the speed-up over ``tau=1.0`` that a step
+bound by memory traffic (by arithmetic) could reach with this kept ratio.
+``share_of_byte_ceiling`` is the measured speed-up over ``tau=1.0`` against it.
 
     python -m benchmarks.bench_decode            # 2K x batch 1 and 8, 4K x batch 8
     python -m benchmarks.bench_decode --quick    # 512 x batch 2, 2 repetitions
@@ -75,6 +84,8 @@ def methods() -> list[peers.Method]:
         peers.zipvl_method("zipvl tau=1.0 (no compression)", tau=1.0, prefill="dense"),
         peers.Method("zipvl default", "zipvl", zipvl.ZipVLConfig()),
         peers.Method("zipvl fast", "zipvl", fast),
+        # The previous default's budget: what the default gave up in decoding for answers.
+        peers.Method("zipvl tau 0.975", "zipvl", zipvl.ZipVLConfig(tau=0.975)),
     ]
 
 
@@ -109,6 +120,15 @@ def generate_timed(model, inputs: dict[str, torch.Tensor], new_tokens: int, pad_
             "tokens_per_second": batch * len(timed) / sum(timed),
             "seconds_per_step": sum(timed) / len(timed), "step_seconds": steps,
             "tokens": sequences[:, inputs["input_ids"].shape[1]:].tolist()}
+
+
+def step_cost(shape: Shape, weight_bytes: int, cache_bytes: float, batch: int,
+              dense_bytes_per_token: int) -> dict[str, float]:
+    """Bytes read and FLOPs of one decoding step of the whole batch (see the docstring)."""
+    cached_tokens = cache_bytes / dense_bytes_per_token  # summed over the batch, all layers' mean
+    flops = (batch * (shape.linear_flops_per_token() + shape.lm_head_flops())
+             + shape.pair_flops() * shape.num_heads * shape.num_layers * cached_tokens)
+    return {"bytes": weight_bytes + cache_bytes, "flops": flops}
 
 
 def summarise(values: list[float]) -> dict:
@@ -151,13 +171,14 @@ def main() -> int:
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     shape = Shape.of(model.config)
     dense_bytes_per_token = 2 * shape.num_kv_heads * shape.head_dim * 4 * shape.num_layers
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     runs_by_method = methods()
     settings = {"model": "SmolLM2-135M-Instruct float32", "cells": [list(c) for c in cells],
                 "repeats": repeats, "new_tokens": new_tokens, "warm_up_steps": WARM_UP_STEPS,
                 "batch_construction": "ragged: different passages, lengths 3/4 n .. n, left-padded",
                 "methods": [m.describe() for m in runs_by_method],
                 "budget_gib": args.budget_gib, "output_tokens_for_budget": args.output_tokens,
-                "dense_cache_bytes_per_token": dense_bytes_per_token}
+                "dense_cache_bytes_per_token": dense_bytes_per_token, "weight_bytes": weight_bytes}
     cells_out, failures = [], []
     for context, batch in cells:
         inputs = ragged_batch(tokenizer, context, batch)
@@ -183,23 +204,35 @@ def main() -> int:
                 "tau_1_tokens_equal_dense": exact, "methods": []}
         medians = {name: statistics.median(r["tokens_per_second"] for r in runs)
                    for name, runs in results.items()}
+        decoded_bytes = dense_bytes_per_token * batch * new_tokens / 2
+        uncompressed_cost = step_cost(shape, weight_bytes, dense_bytes_per_token * prompt_tokens
+                                      + decoded_bytes, batch, dense_bytes_per_token)
         for method in runs_by_method:
             runs = results[method.name]
             per_sample = runs[0]["cache_bytes"] / batch
             final_bytes = per_sample + dense_bytes_per_token * args.output_tokens
+            cost = step_cost(shape, weight_bytes, runs[0]["cache_bytes"] + decoded_bytes, batch,
+                             dense_bytes_per_token)
+            byte_ceiling = uncompressed_cost["bytes"] / cost["bytes"]
+            speedup_vs_uncompressed = medians[method.name] / medians[runs_by_method[1].name]
             cell["methods"].append({
                 "method": method.describe(), "kept_ratio": runs[0]["kept_ratio"],
                 "tokens_per_second": summarise([r["tokens_per_second"] for r in runs]),
                 "prefill_seconds": summarise([r["prefill_seconds"] for r in runs]),
-                "speedup_vs_uncompressed": medians[method.name] / medians[runs_by_method[1].name],
+                "speedup_vs_uncompressed": speedup_vs_uncompressed,
                 "speedup_vs_dense": medians[method.name] / medians["dense"],
+                "step_bytes": cost["bytes"], "step_flops": cost["flops"],
+                "byte_ceiling": byte_ceiling,
+                "flop_ceiling": uncompressed_cost["flops"] / cost["flops"],
+                "share_of_byte_ceiling": speedup_vs_uncompressed / byte_ceiling,
                 "cache_bytes_per_sample": per_sample,
                 "max_batch_in_budget": int(args.budget_gib * GIB // final_bytes),
                 "tokens_equal_dense": [r["tokens"] == dense_tokens for r in runs],
                 "step_seconds": [r["step_seconds"] for r in runs]})
             log(f"{context:>5} x {batch} {method.name:<32} median {medians[method.name]:7.1f} "
                 f"tokens/s  vs tau=1.0 {cell['methods'][-1]['speedup_vs_uncompressed']:.3f}x  "
-                f"vs dense {cell['methods'][-1]['speedup_vs_dense']:.3f}x")
+                f"vs dense {cell['methods'][-1]['speedup_vs_dense']:.3f}x  "
+                f"ceilings bytes {byte_ceiling:.3f}x flops {cell['methods'][-1]['flop_ceiling']:.3f}x")
         cells_out.append(cell)
     path = write_result("decode", args.quick, settings,
                         {"cells": cells_out, "failures": failures}, started)

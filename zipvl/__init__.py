@@ -5,7 +5,7 @@ Token Sparsification", arXiv 2410.08584, ICCV 2025) as specified in
 ``shared/ZIPVL.md``, patched into Hugging Face transformers models::
 
     import zipvl
-    zipvl.enable(model, zipvl.ZipVLConfig(tau=0.975))
+    zipvl.enable(model, zipvl.ZipVLConfig(tau=0.995))
     # The explicit cache is optional (the patch swaps one in), and version-proof:
     output_ids = model.generate(**inputs, **zipvl.cache_kwargs(model), max_new_tokens=32)
     print(zipvl.stats(model).kept_ratio.mean())
