@@ -1,7 +1,7 @@
 """Benchmark 4 (issue 4): end-to-end rows/s of ``zipvl-batch run`` against a plain loop.
 
-    python -m benchmarks.bench_pipeline            # full run (~6 min on a quiet 2-core machine)
-    python -m benchmarks.bench_pipeline --quick    # tiny model, 32 rows (~1.5 min)
+    python -m benchmarks.bench_pipeline            # full run, 3 rounds (~9 min on a quiet 2-core machine)
+    python -m benchmarks.bench_pipeline --quick    # tiny model, 32 rows, 1 round (~1 min)
 
 For each model (the ``tiny-llava`` preset, whose ``generate`` takes ~10-100 ms a
 batch so pipeline overhead dominates, and ``bench-llava``, a bigger random-weight
@@ -28,6 +28,12 @@ pipeline times each batch itself and reports it per actor in
 ``.zipvl/report.json`` (``workers.timing_by_actor``: model load, batches,
 seconds generating, when the first batch started and the last one finished),
 which is what a user sees too: no pipeline code is patched.
+
+Every variant runs ``--repeats`` times (3 by default), in rounds: each round runs every
+variant once, starting one place later in the order than the round before. Each
+figure is the median of its rounds beside its spread, each speed-up is the ratio of
+wall times within one round (the same machine state), then the median of those, and
+every round's pipeline output is checked against that round's plain loops.
 
 Each run uses its own Ray temp folder (``RAY_TMPDIR``), so it starts its own
 local Ray even when other Ray instances run on the machine (without it,
@@ -109,6 +115,7 @@ def run_baseline(model_path: Path, data: Path, rows: int, settings: dict[str, An
     run = _run_process(command, _child_env({}), work_dir / f"{tag}.log")
     timings = json.loads(timings_file.read_text())
     steps = timings["seconds"]
+    first_batch_started = steps.pop("first_batch_started")
     wall = run["wall_seconds"]
     loop_seconds = sum(steps[name] for name in ("decode", "processor", "generate", "text_decode"))
     return {
@@ -119,6 +126,7 @@ def run_baseline(model_path: Path, data: Path, rows: int, settings: dict[str, An
         "rows_per_second": rows / wall,
         "steady_rows_per_second": rows / loop_seconds,
         "model_busy_fraction": (steps["processor"] + steps["generate"]) / wall,
+        "first_batch_seconds": first_batch_started - run["started"],
         "seconds": {"python_start_imports_and_exit": wall - sum(steps.values()), **steps},
         "load_average_before": run["load_average_before"],
         "load_average_after": run["load_average_after"],
@@ -194,6 +202,7 @@ def run_pipeline(model: str, model_path: Path, data: Path, rows: int, settings: 
             "error_samples": report.get("error_samples", [])[:3],
         },
         **figures,
+        "first_batch_seconds": figures["timeline_seconds_from_launch"]["first_batch_started"],
         "load_average_before": run["load_average_before"],
         "load_average_after": run["load_average_after"],
         "_output": output,
@@ -294,49 +303,96 @@ def _public(figures: dict[str, Any]) -> dict[str, Any]:
 
 
 def bench_model(model: str, rows: int, worker_counts: list[int], baseline_threads: list[int],
-                zipvl: str | None, work_dir: Path, log: Any) -> dict[str, Any]:
-    """Every run for one model: the plain loop(s), then the pipeline runs, each output checked."""
+                zipvl: str | None, repeats: int, work_dir: Path, log: Any) -> dict[str, Any]:
+    """Every run for one model, `repeats` rounds of them, interleaved; outputs checked.
+
+    Each round runs every plain loop and every pipeline once, starting one place later in
+    the order each round (so no variant always runs first, on a cooler machine or a
+    warmer page cache); each pipeline output is compared with every plain loop's of the
+    same round. The figures are the medians over the rounds, beside their spread.
+    """
     from benchmarks.pipeline_baseline import dataset_path
 
     model_path = model_path_for(model)
     data = dataset_path(rows)
     settings = job_settings(model, model_path, zipvl)
     shown_path = model_path.relative_to(REPO_ROOT) if model_path.is_relative_to(REPO_ROOT) else model_path
+    variants = ([("baseline", f"threads={threads or 'default'}", threads) for threads in baseline_threads]
+                + [("pipeline", f"workers={workers}", workers) for workers in worker_counts])
+    runs: dict[tuple[str, str], list[dict[str, Any]]] = {(side, key): [] for side, key, _ in variants}
+    agreement: dict[str, list[dict[str, Any]]] = {}
+    for round_index in range(repeats):
+        round_dir = work_dir / model / f"round{round_index + 1}"
+        round_dir.mkdir(parents=True)
+        shift = round_index % len(variants)
+        outputs: dict[tuple[str, str], Path] = {}
+        for side, key, count in variants[shift:] + variants[:shift]:
+            log(f"{model}: round {round_index + 1}/{repeats}, "
+                f"{'plain loop' if side == 'baseline' else 'zipvl-batch run'}, {key}, {rows} rows")
+            run = (run_baseline(model_path, data, rows, settings, count, round_dir)
+                   if side == "baseline" else
+                   run_pipeline(model, model_path, data, rows, settings, count, round_dir))
+            runs[(side, key)].append(run)
+            outputs[(side, key)] = run["_output"]
+            busy = run["model_busy_fraction"]
+            log(f"  {run['rows_per_second']:.2f} rows/s (wall {run['wall_seconds']:.1f} s, "
+                f"1st batch {run['first_batch_seconds']:.1f} s"
+                + (f", model busy {busy:.0%})" if busy is not None else ")"))
+            if side == "pipeline" and run["report"]["error_samples"]:
+                log(f"  WARNING: the pipeline wrote error rows, e.g. {run['report']['error_samples'][0]}")
+        for (side, key), output in outputs.items():
+            if side != "pipeline":
+                continue
+            for (other_side, baseline_key), baseline_output in outputs.items():
+                if other_side != "baseline":
+                    continue
+                checked = compare_outputs(output, baseline_output)
+                agreement.setdefault(f"pipeline {key} vs baseline {baseline_key}", []).append(checked)
+                if not checked["agree"]:
+                    log(f"  WARNING: outputs differ from the plain loop ({baseline_key}): "
+                        f"{json.dumps({k: v for k, v in checked.items() if k != 'examples'})}")
     result: dict[str, Any] = {"model_path": str(shown_path), "data": str(data.relative_to(REPO_ROOT)),
-                              "rows": rows, "settings": settings, "baseline": {}, "pipeline": {},
-                              "agreement": {}}
-    model_dir = work_dir / model
-    model_dir.mkdir()
-    for threads in baseline_threads:
-        key = f"threads={threads or 'default'}"
-        log(f"{model}: plain loop, {key}, {rows} rows")
-        run = run_baseline(model_path, data, rows, settings, threads, model_dir)
-        result["baseline"][key] = run
-        log(f"  {run['rows_per_second']:.2f} rows/s (wall {run['wall_seconds']:.1f} s, "
-            f"model busy {run['model_busy_fraction']:.0%})")
-    for workers in worker_counts:
-        key = f"workers={workers}"
-        log(f"{model}: zipvl-batch run, {key}, {rows} rows")
-        run = run_pipeline(model, model_path, data, rows, settings, workers, model_dir)
-        result["pipeline"][key] = run
-        busy = run["model_busy_fraction"]
-        log(f"  {run['rows_per_second']:.2f} rows/s (wall {run['wall_seconds']:.1f} s"
-            + (f", model busy {busy:.0%})" if busy is not None else ")"))
-        for baseline_key, baseline in result["baseline"].items():
-            agreement = compare_outputs(run["_output"], baseline["_output"])
-            result["agreement"][f"pipeline {key} vs baseline {baseline_key}"] = agreement
-            if not agreement["agree"]:
-                log(f"  WARNING: outputs differ from the plain loop ({baseline_key}): "
-                    f"{json.dumps({k: v for k, v in agreement.items() if k != 'examples'})}")
-        if run["report"]["error_samples"]:
-            log(f"  WARNING: the pipeline wrote error rows, e.g. {run['report']['error_samples'][0]}")
+                              "rows": rows, "settings": settings, "repeats": repeats,
+                              "baseline": {}, "pipeline": {}}
+    for (side, key), side_runs in runs.items():
+        result[side][key] = {**median_figures(side_runs),
+                             "runs": [_public(run) for run in side_runs]}
+    result["agreement"] = {name: {"agree": all(check["agree"] for check in checks),
+                                  "rounds": checks} for name, checks in agreement.items()}
+    # Ratios of the same round (the same machine state), then their median.
     result["speedup_vs_baseline"] = {
-        f"pipeline {p_key} / baseline {b_key}": p["rows_per_second"] / b["rows_per_second"]
-        for p_key, p in result["pipeline"].items() for b_key, b in result["baseline"].items()
+        f"pipeline {p_key} / baseline {b_key}": _median_and_spread(
+            [b["wall_seconds"] / p["wall_seconds"]
+             for p, b in zip(runs[("pipeline", p_key)], runs[("baseline", b_key)])])
+        for (p_side, p_key) in runs if p_side == "pipeline"
+        for (b_side, b_key) in runs if b_side == "baseline"
     }
-    result["baseline"] = {key: _public(value) for key, value in result["baseline"].items()}
-    result["pipeline"] = {key: _public(value) for key, value in result["pipeline"].items()}
     return result
+
+
+# The figures each variant reports as the median of its rounds (and their min/max).
+MEDIAN_FIGURES = ("rows_per_second", "steady_rows_per_second", "wall_seconds",
+                  "first_batch_seconds", "model_busy_fraction")
+
+
+def _median_and_spread(values: list[float]) -> dict[str, Any]:
+    import statistics
+
+    return {"median": statistics.median(values), "min": min(values), "max": max(values),
+            "values": values}
+
+
+def median_figures(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The median over `runs` of each of ``MEDIAN_FIGURES``, and ``spread`` (min, max, all)."""
+    import statistics
+
+    figures: dict[str, Any] = {"spread": {}}
+    for name in MEDIAN_FIGURES:
+        values = [run[name] for run in runs if run.get(name) is not None]
+        figures[name] = statistics.median(values) if values else None
+        if values:
+            figures["spread"][name] = _median_and_spread(values)
+    return figures
 
 
 def _cell(value: float | None, spec: str, width: int) -> str:
@@ -344,28 +400,30 @@ def _cell(value: float | None, spec: str, width: int) -> str:
 
 
 def summary_lines(figures: dict[str, Any]) -> list[str]:
-    """One line per run: rows/s end to end and once running, wall, model busy, outputs agree."""
-    lines = [f"{'model':<12} {'run':<34} {'rows/s':>7} {'steady':>7} {'wall s':>7} "
-             f"{'1st batch s':>11} {'busy':>5} {'agree':>5}"]
+    """One line per variant, medians over its rounds: rows/s end to end and once running,
+    wall (with its range), first batch, model busy, and whether every round's outputs agree."""
+    lines = [f"{'model':<12} {'run':<28} {'rows/s':>7} {'steady':>7} {'wall s':>7} "
+             f"{'wall range':>11} {'1st batch s':>11} {'busy':>5} {'agree':>5}"]
     for model, result in figures["models"].items():
-        for key, run in result["baseline"].items():
-            steps = run["seconds"]
-            first_batch = steps["python_start_imports_and_exit"] + steps["load"]
-            lines.append(f"{model:<12} {'plain loop ' + key:<34} "
-                         f"{_cell(run['rows_per_second'], '.2f', 7)} "
-                         f"{_cell(run['steady_rows_per_second'], '.2f', 7)} "
-                         f"{_cell(run['wall_seconds'], '.1f', 7)} {_cell(first_batch, '.1f', 11)} "
-                         f"{_cell(run['model_busy_fraction'], '.0%', 5)} {'':>5}")
-        for key, run in result["pipeline"].items():
-            agree = all(a["agree"] for name, a in result["agreement"].items()
-                        if name.startswith(f"pipeline {key} vs"))
-            first_batch = (run.get("timeline_seconds_from_launch") or {}).get("first_batch_started")
-            lines.append(f"{model:<12} {'zipvl-batch ' + key:<34} "
-                         f"{_cell(run['rows_per_second'], '.2f', 7)} "
-                         f"{_cell(run['steady_rows_per_second'], '.2f', 7)} "
-                         f"{_cell(run['wall_seconds'], '.1f', 7)} {_cell(first_batch, '.1f', 11)} "
-                         f"{_cell(run['model_busy_fraction'], '.0%', 5)} "
-                         f"{'yes' if agree else 'NO':>5}")
+        for side in ("baseline", "pipeline"):
+            for key, run in result[side].items():
+                wall = run["spread"]["wall_seconds"]
+                if side == "baseline":
+                    name, agree = f"plain loop {key}", ""
+                else:
+                    name = f"zipvl-batch {key}"
+                    agree = "yes" if all(a["agree"] for check, a in result["agreement"].items()
+                                         if check.startswith(f"pipeline {key} vs")) else "NO"
+                lines.append(f"{model:<12} {name:<28} "
+                             f"{_cell(run['rows_per_second'], '.2f', 7)} "
+                             f"{_cell(run['steady_rows_per_second'], '.2f', 7)} "
+                             f"{_cell(run['wall_seconds'], '.1f', 7)} "
+                             f"{wall['min']:>5.1f}-{wall['max']:<5.1f} "
+                             f"{_cell(run['first_batch_seconds'], '.1f', 11)} "
+                             f"{_cell(run['model_busy_fraction'], '.0%', 5)} {agree:>5}")
+        for pair, ratio in result["speedup_vs_baseline"].items():
+            lines.append(f"{model:<12} {pair}: {ratio['median']:.3f}x "
+                         f"(rounds {', '.join(f'{v:.3f}' for v in ratio['values'])})")
     return lines
 
 
@@ -379,6 +437,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="torch threads of the plain loop; 0 = torch's default")
     parser.add_argument("--zipvl", default=None,
                         help="ZipVL preset for both sides (e.g. dense, paper); default: the job's")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="rounds of every run, interleaved (default 3; 1 with --quick)")
     parser.add_argument("--keep", action="store_true", help="keep the run folder (outputs, logs)")
     args = parser.parse_args(argv)
 
@@ -393,12 +453,14 @@ def main(argv: list[str] | None = None) -> None:
     # be many times slower than 1 thread (OpenMP threads wait on each other), so the
     # quick check uses 1 thread, as each pipeline worker does.
     baseline_threads = args.baseline_threads or ([1] if args.quick else [0, 1])
+    repeats = args.repeats or (1 if args.quick else 3)
     work_dir = Path(tempfile.mkdtemp(prefix="pipeline-bench-", dir=REPO_ROOT / ".cache"))
     figures: dict[str, Any] = {"models": {}}
     try:
         for model in models:
             figures["models"][model] = bench_model(model, rows_by_model[model], args.workers,
-                                                   baseline_threads, args.zipvl, work_dir, log)
+                                                   baseline_threads, args.zipvl, repeats,
+                                                   work_dir, log)
     finally:
         if args.keep:
             log(f"run folder kept: {work_dir}")
@@ -413,6 +475,7 @@ def main(argv: list[str] | None = None) -> None:
         "workers": args.workers,
         "baseline_threads": ["default" if t == 0 else t for t in baseline_threads],
         "ray_num_cpus": RAY_NUM_CPUS,
+        "repeats": repeats,
         "zipvl": args.zipvl or "the job's (jobs/captions.yaml: default)",
         "job_file": str(JOB_FILE.relative_to(REPO_ROOT)),
         "library_versions": {"ray": ray.__version__, "pyarrow": pyarrow.__version__},
@@ -421,7 +484,9 @@ def main(argv: list[str] | None = None) -> None:
                     "generate + text decode) for the plain loop. busy: time in the processor and "
                     "model.generate / wall (pipeline: the report's generating_seconds summed "
                     "over actors / (wall x workers)). "
-                    "1st batch s: launch to the first batch entering the model.",
+                    "1st batch s: launch to the first batch entering the model. Each figure is "
+                    "the median over the rounds (spread: min, max, every value); the "
+                    "speed-ups are wall-time ratios within a round, then their median.",
     }
     figures["summary"] = summary_lines(figures)
     path = write_result("pipeline", args.quick, settings, figures, started)

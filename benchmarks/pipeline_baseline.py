@@ -214,7 +214,9 @@ def run_plain_loop(
     """Caption every row of `data` in one process; writes `output`; returns the row count.
 
     `timings` receives seconds per step: ``load``, ``decode``, ``processor``,
-    ``generate``, ``text_decode``, ``write``. `zipvl_config` None runs dense.
+    ``generate``, ``text_decode``, ``write``, and ``first_batch_started``, the epoch at
+    which the first batch entered the model (the pipeline's report records the same).
+    `zipvl_config` None runs dense.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -250,6 +252,7 @@ def run_plain_loop(
             inputs = processor(text=[chat] * len(images), images=images, padding=True,
                                padding_side="left", add_special_tokens=False, return_tensors="pt")
             now = step("processor", now)
+            timings.setdefault("first_batch_started", time.time())
             sequences = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
                                        **zipvl.cache_kwargs(model))
             now = step("generate", now)

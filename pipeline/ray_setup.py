@@ -127,10 +127,12 @@ def _import_task_modules() -> None:
 def warm_task_workers(count: int) -> None:
     """Start `count` Ray worker processes with the task modules imported, without waiting.
 
-    Ray hands an idle worker of this job to its next task (not to an actor: each actor
-    gets a process of its own), so the read and decode tasks, which Ray Data starts only
-    once every model actor is up, start at once instead of then waiting ~2 s for a
-    process and its imports (measured ~1 s sooner to the first batch on a 2-core node).
+    Ray hands an idle worker of this job to the next task or actor that fits it (Ray
+    2.60 also prestarts one idle worker per CPU as the driver connects, and actors take
+    those too), so the read and decode tasks, which Ray Data starts only once every
+    model actor is up, find a worker with their imports done instead of then waiting
+    ~2 s for a process and its imports (measured ~1 s sooner to the first batch on a
+    2-core node).
     They hold no Ray CPU, so they never keep an actor from being placed; nothing waits
     for them.
     """
