@@ -150,6 +150,13 @@ class QwenVLVideoProcessor:
             result["video_metadata"] = metadata
         return result
 
+    def _merge_and_standardize_kwargs(self, **kwargs: Any) -> dict[str, Any]:
+        """The options of a call with `kwargs`, the rest from the settings: what the stock
+        processor's method of this name returns. transformers 5.25's
+        ``Qwen2VLProcessor._get_num_multimodal_tokens`` (and Qwen2.5-VL's) calls it on its
+        video processor before ``get_num_of_video_patches``; 5.23 and 5.24 do not."""
+        return resolve_call_options(self.settings, kwargs)
+
     def get_num_of_video_patches(self, num_frames: int, height: int, width: int,
                                  videos_kwargs: dict[str, Any] | None = None) -> int:
         """``Qwen2VLVideoProcessor.get_num_of_video_patches``: the patches of a video of this size
