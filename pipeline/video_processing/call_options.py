@@ -4,8 +4,9 @@ Mirrors ``VideoProcessorMixin.preprocess`` (``transformers.video_processing_util
 every known option a call leaves out takes the processor's value (``setdefault``: one
 passed as ``None`` stays ``None``), ``size`` / ``crop_size`` become size dicts, and Qwen's deprecated call-time
 ``min_pixels`` / ``max_pixels`` override ``size`` (``Qwen2VLVideoProcessor._standardize_kwargs``).
-As in the stock one, ``max_video_tokens`` is read from the settings only (its ``resize``
-reads ``self.max_video_tokens``). Unlike the stock processor, an unknown option is an error rather than a logged warning,
+A call's ``max_video_tokens`` is the budget where it is given, as in transformers 5.25's
+``Qwen2VLVideoProcessor.resize`` (5.23 and 5.24 read only ``self.max_video_tokens``; the
+pipeline sets the processor's value, never a call's, so its jobs run alike on all three). Unlike the stock processor, an unknown option is an error rather than a logged warning,
 and so is asking to sample frames: frames reach the processor already sampled.
 """
 

@@ -48,13 +48,14 @@ class QwenVideoKwargs(VideosKwargs, total=False):
     max_video_tokens: int
 
 
-def capped_max_pixels(settings: VideoProcessingSettings, size: dict[str, int], num_frames: int,
-                      factor: int, temporal_factor: int, cap_pixels_per_frame: bool | None) -> int:
+def capped_max_pixels(size: dict[str, int], num_frames: int, factor: int, temporal_factor: int,
+                      cap_pixels_per_frame: bool | None, max_video_tokens: int) -> int:
     """``Qwen2VLVideoProcessor.resize``'s per-frame pixel limit for a video of ``num_frames``
-    (its budget is the processor's ``max_video_tokens``: a call's value is not read)."""
+    under a budget of ``max_video_tokens`` (transformers 5.25's resize: the call's value, else
+    the processor's)."""
     max_pixels = size["longest_edge"]
     if cap_pixels_per_frame:
-        total_pixels = int(settings.max_video_tokens * factor * factor * 0.9)
+        total_pixels = int(max_video_tokens * factor * factor * 0.9)
         max_pixels = max(min(max_pixels, total_pixels * temporal_factor // num_frames),
                          int(size["shortest_edge"] * 1.05))
     return max_pixels
@@ -68,8 +69,9 @@ def qwen_frame_height_width(settings: VideoProcessingSettings, height: int, widt
     if not size.get("shortest_edge") or not size.get("longest_edge"):
         raise ValueError(f"`size` dict must contain 'shortest_edge' and 'longest_edge' keys but got {size}.")
     factor = options["patch_size"] * options["merge_size"]
-    max_pixels = capped_max_pixels(settings, size, num_frames, factor, options["temporal_patch_size"],
-                                   options["cap_pixels_per_frame"])
+    max_video_tokens = settings.max_video_tokens if options["max_video_tokens"] is None else options["max_video_tokens"]
+    max_pixels = capped_max_pixels(size, num_frames, factor, options["temporal_patch_size"],
+                                   options["cap_pixels_per_frame"], max_video_tokens)
     return smart_resize(height, width, factor=factor, min_pixels=size["shortest_edge"], max_pixels=max_pixels)
 
 

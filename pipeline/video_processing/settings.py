@@ -1,7 +1,7 @@
 """A checkpoint's video preprocessing settings, resolved as the stock video processor resolves them.
 
 Mirrors ``transformers.video_processing_utils.BaseVideoProcessor.from_pretrained``
-(identical in transformers 5.23 and 5.24), which cannot run here because
+(identical in transformers 5.23 to 5.25), which cannot run here because
 ``BaseVideoProcessor`` needs torchvision:
 
 1. ``BaseVideoProcessor.get_video_processor_dict``: the ``video_processor`` entry of a

@@ -149,6 +149,30 @@ def test_video_processor_outputs_match_the_stock_ones(family, workspace):
                 stock.get_num_of_video_patches(len(videos[0]), videos[0][0].height, videos[0][0].width, {})
 
 
+QWEN_VIDEO_FAMILIES = [family for family in VIDEO_FAMILIES if family.startswith("qwen")]
+
+
+@pytest.mark.parametrize("family", QWEN_VIDEO_FAMILIES)
+def test_a_video_token_budget_caps_frames_as_the_stock_processor_does(family, workspace):
+    folder = _config_folder(workspace, family, "video", HAND_WRITTEN_CONFIGS[family])
+    stock = AutoVideoProcessor.from_pretrained(str(folder))
+    ours = load_video_processor(folder, family)
+    clip = make_clip(12, 200, 150, seed=5)
+    free = stock([clip], return_tensors="pt", cap_pixels_per_frame=False)["video_grid_thw"]
+    grids = set()
+    # Set on the processor (what pipeline.prompts.limit_video_tokens does), then at call time.
+    for processor in (stock, ours):
+        processor.cap_pixels_per_frame, processor.max_video_tokens = True, 24
+    for call in ({}, {"max_video_tokens": 8}):
+        kwargs = {"return_tensors": "pt", "cap_pixels_per_frame": True, **call}
+        expected, got = stock([clip], **kwargs), ours([clip], **kwargs)
+        assert torch.equal(got["video_grid_thw"], expected["video_grid_thw"]), call
+        _assert_pixels_close(got["pixel_values_videos"], expected["pixel_values_videos"], ours.settings, True)
+        grids.add(tuple(expected["video_grid_thw"][0].tolist()))
+    # The budgets bite: each gives a grid other than the uncapped one, and the two differ.
+    assert len(grids) == 2 and tuple(free[0].tolist()) not in grids
+
+
 @pytest.mark.parametrize("family", VIDEO_FAMILIES)
 def test_frames_decoded_to_frame_size_give_the_stock_result(family, workspace):
     folder = _config_folder(workspace, family, "video", HAND_WRITTEN_CONFIGS[family])

@@ -173,13 +173,21 @@ def test_qwen_cap_pixels_per_frame_bounds_a_long_video():
     processor = QwenVLVideoProcessor(settings_from_dict("qwen2_vl", config))
     clip = make_clip(40, 200, 150, seed=3)
     free = processor([clip], cap_pixels_per_frame=False)["video_grid_thw"][0]
-    # As the stock resize, the budget is the processor's max_video_tokens, not the call's.
-    capped = processor([clip], cap_pixels_per_frame=True, max_video_tokens=10**6)["video_grid_thw"][0]
     factor = processor.patch_size * processor.merge_size
-    limit = max(min(48 * 48, int(100 * factor * factor * 0.9) * 2 // 40), int(16 * 16 * 1.05))
     pixels = processor.patch_size ** 2
-    assert int(capped[1] * capped[2]) * pixels <= limit < int(free[1] * free[2]) * pixels
-    assert capped[0] == free[0] == 20
+
+    def limit(budget):
+        return max(min(48 * 48, int(budget * factor * factor * 0.9) * 2 // 40), int(16 * 16 * 1.05))
+
+    # The budget is the call's max_video_tokens where given (transformers 5.25), else the processor's.
+    capped = processor([clip], cap_pixels_per_frame=True)["video_grid_thw"][0]
+    tighter = processor([clip], cap_pixels_per_frame=True, max_video_tokens=40)["video_grid_thw"][0]
+    unset = processor([clip], cap_pixels_per_frame=True, max_video_tokens=None)["video_grid_thw"][0]
+    loose = processor([clip], cap_pixels_per_frame=True, max_video_tokens=10**6)["video_grid_thw"][0]
+    assert int(tighter[1] * tighter[2]) * pixels <= limit(40) < int(capped[1] * capped[2]) * pixels
+    assert int(capped[1] * capped[2]) * pixels <= limit(100) < int(free[1] * free[2]) * pixels
+    assert torch.equal(unset, capped) and torch.equal(loose, free)
+    assert capped[0] == free[0] == tighter[0] == 20
 
 
 def test_bad_video_input_is_a_media_error(workspace):

@@ -7,7 +7,7 @@ video. The stock video processors need torchvision to be built at all, so we
 cannot build one and call its `save_pretrained`; instead this module writes
 what it would save: the fields of `BaseVideoProcessor.to_dict()` (every set
 `VideosKwargs` field of the class, `None`s and `default_to_square` left out,
-`video_processor_type` added; transformers 5.23 and 5.24 agree), read from
+`video_processor_type` added; transformers 5.23 to 5.25 agree), read from
 these classes' defaults in transformers' source:
 
 - `Qwen2VLVideoProcessor` (`models/qwen2_vl/video_processing_qwen2_vl.py`),
