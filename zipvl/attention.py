@@ -43,6 +43,7 @@ from zipvl.sparse_attention import (
 )
 from zipvl.statistics import PrefillRecord
 from zipvl.strategies import AdaptiveBudget
+from zipvl.text_tokens import SampleMedia, keep_text_and_ranked_media, sample_media
 
 ATTENTION_NAME = "zipvl"
 STATE_ATTRIBUTE = "_zipvl_state"
@@ -65,6 +66,12 @@ class ZipVLState:
     # ``budget_spread: even``: the layers of the current prefill scored so far, compressed
     # together once the last one is (``zipvl.even_spread``).
     scored_layers: dict[int, ScoredLayer] = field(default_factory=dict, repr=False)
+    # ``keep_text_tokens``: which prompt positions are image or video tokens, ``[b, n]``,
+    # recorded from ``input_ids`` by the model's forward pre-hook (``zipvl.patch``) before
+    # the decoder starts the prefill; per sample once the padding is known.
+    pending_media: torch.Tensor | None = field(default=None, repr=False)
+    media: torch.Tensor | None = field(default=None, repr=False)
+    _samples_media: list[SampleMedia] | None = field(default=None, repr=False)
 
     @property
     def cache(self) -> ZipVLCache | None:
@@ -78,6 +85,23 @@ class ZipVLState:
         self.record = PrefillRecord()
         self._padding = None
         self.scored_layers = {}
+        self.media, self.pending_media = self.pending_media, None
+        self._samples_media = None
+
+    def samples_media(self, layout: PaddingLayout, num_tokens: int) -> list[SampleMedia]:
+        """Each sample's media tokens in this prefill (``keep_text_tokens``), found once."""
+        if self._samples_media is None:
+            if self.media is None:
+                raise RuntimeError("keep_text_tokens needs the prompt's input_ids to find its image "
+                                   "and video tokens: call the whole model with input_ids, not "
+                                   "its language model or inputs_embeds")
+            if self.media.shape[-1] != num_tokens:
+                raise RuntimeError(f"keep_text_tokens: the prompt's input_ids hold "
+                                   f"{self.media.shape[-1]} positions, the prefill {num_tokens}")
+            padded = self.media[:, None, :, None]
+            masks = [layout.take(padded, sample)[0, :, 0] for sample in range(len(layout.counts))]
+            self._samples_media = sample_media(masks, self.config.keep_last)
+        return self._samples_media
 
     def padding_layout(self, attention_mask: torch.Tensor | None, batch: int, num_tokens: int,
                        device: torch.device) -> PaddingLayout:
@@ -203,9 +227,11 @@ def _prefill(state: ZipVLState, layer: ZipVLLayer | None, layer_idx: int, query:
             and config.tau < 1.0:
         return _prefill_spread_evenly(state, layer, layer_idx, samples, layout, scale, query,
                                       bytes_per_token)
+    media = state.samples_media(layout, num_tokens) if config.keep_text_tokens else None
     kept_list, modes = [], []
     for sample, (sample_query, sample_key, _) in enumerate(samples):
-        kept, mode = _choose_tokens(state, layer_idx, sample, sample_query, sample_key, scale)
+        kept, mode = _choose_tokens(state, layer_idx, sample, sample_query, sample_key, scale,
+                                    media[sample] if media is not None else None)
         kept_list.append(kept)
         modes.append(mode)
 
@@ -271,7 +297,8 @@ def _prefill_spread_evenly(state: ZipVLState, layer: ZipVLLayer | None, layer_id
 
 
 def _choose_tokens(state: ZipVLState, layer_idx: int, sample: int, query: torch.Tensor,
-                   key: torch.Tensor, scale: float) -> tuple[torch.Tensor, str]:
+                   key: torch.Tensor, scale: float,
+                   media: SampleMedia | None = None) -> tuple[torch.Tensor, str]:
     """Kept positions ``[Hk, p]`` of one unpadded sample and the prefill mode to run it with."""
     config = state.config
     num_kv_heads, num_tokens = key.shape[0], key.shape[1]
@@ -280,7 +307,11 @@ def _choose_tokens(state: ZipVLState, layer_idx: int, sample: int, query: torch.
         return every_token, "empty"
     if layer_idx in config.dense_layers or num_tokens < config.min_prefill_len:
         return every_token, "dense"
-    kept, _ = select_for_layer(query, key, config, layer_idx, scale, sample=sample)
+    if media is not None:
+        with record_function("zipvl.select"):
+            kept = keep_text_and_ranked_media(query, key, media, config, layer_idx, scale)
+    else:
+        kept, _ = select_for_layer(query, key, config, layer_idx, scale, sample=sample)
     return kept, config.prefill
 
 

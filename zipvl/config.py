@@ -68,6 +68,10 @@ class ZipVLConfig:
         its budget, so the cache holds every token until the prefill ends. Strategies
         whose budget is the same in every layer (``fixed_ratio``, ``sink_and_recent``)
         are even already.
+    keep_text_tokens: *extension*, for LVLM prompts: every text token is kept and only
+        the image and video tokens compete for the budget (the adaptive budget over
+        them alone; ``zipvl.text_tokens``). Needs the adaptive strategy, ``per_layer``
+        spread and no re-compression; a prompt without media tokens runs dense.
 
     The defaults were chosen on the measured frontier of answer fidelity against
     prefill speed (``benchmarks/bench_frontier.py``, README "The method, the
@@ -97,6 +101,7 @@ class ZipVLConfig:
     ranking: Ranking = "recent"
     score_pooling: int = 5
     budget_spread: BudgetSpread = "per_layer"
+    keep_text_tokens: bool = False
     backend: Backend = "auto"
 
     def __post_init__(self) -> None:
@@ -132,6 +137,15 @@ class ZipVLConfig:
                f"must be an odd integer >= 1, got {self.score_pooling!r}")
         _check(self.budget_spread in BUDGET_SPREADS, "budget_spread",
                f"must be one of {BUDGET_SPREADS}, got {self.budget_spread!r}")
+        _check(isinstance(self.keep_text_tokens, bool), "keep_text_tokens",
+               f"must be true or false, got {self.keep_text_tokens!r}")
+        if self.keep_text_tokens:
+            _check(type(self.strategy) is AdaptiveBudget, "keep_text_tokens",
+                   f"needs the adaptive strategy, got {self.strategy.name}")
+            _check(self.budget_spread == "per_layer", "keep_text_tokens",
+                   "needs budget_spread: per_layer")
+            _check(self.recompress_every == 0, "keep_text_tokens",
+                   "needs recompress_every: 0 (re-compression does not know the media tokens)")
         _check(self.backend in BACKENDS, "backend",
                f"must be one of {BACKENDS}, got {self.backend!r}")
 

@@ -23,6 +23,7 @@ from zipvl.backends.flash import check_flash_backend
 from zipvl.cache import ZipVLCache
 from zipvl.config import ZipVLConfig
 from zipvl.statistics import ZipVLStats
+from zipvl.text_tokens import media_token_ids
 
 # model_type of the supported families: the causal LMs, then the LVLMs built on them.
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = (
@@ -42,12 +43,12 @@ class _Patch:
 
     def __init__(self, state: ZipVLState, decoder: torch.nn.Module,
                  attention_modules: list[torch.nn.Module], previous_implementation: str,
-                 hook: torch.utils.hooks.RemovableHandle) -> None:
+                 hooks: list[torch.utils.hooks.RemovableHandle]) -> None:
         self.state = state
         self.decoder = decoder
         self.attention_modules = attention_modules
         self.previous_implementation = previous_implementation
-        self.hook = hook
+        self.hooks = hooks
 
 
 def enable(model: torch.nn.Module, config: ZipVLConfig | Mapping[str, Any] | None = None,
@@ -59,6 +60,10 @@ def enable(model: torch.nn.Module, config: ZipVLConfig | Mapping[str, Any] | Non
     config = _as_config(config)
     _check_supported(model)
     check_flash_backend(config.backend, _device_of(model))
+    media_ids = media_token_ids(model.config)
+    if config.keep_text_tokens and not media_ids:
+        raise ValueError(f"keep_text_tokens needs a vision-language model; {model.config.model_type} "
+                         "has no image or video token")
     register()
     patch: _Patch | None = getattr(model, _PATCH_ATTRIBUTE, None)
     if patch is not None:
@@ -71,12 +76,16 @@ def enable(model: torch.nn.Module, config: ZipVLConfig | Mapping[str, Any] | Non
     previous_implementation = text_config._attn_implementation
     state = ZipVLState(config=config, num_layers=text_config.num_hidden_layers)
     model.set_attn_implementation(_implementation_request(model, ATTENTION_NAME))
-    hook = decoder.register_forward_pre_hook(
-        partial(_before_decoder_forward, state, _parameter_names(decoder)), with_kwargs=True)
+    hooks = [decoder.register_forward_pre_hook(
+        partial(_before_decoder_forward, state, _parameter_names(decoder)), with_kwargs=True)]
+    if media_ids:
+        hooks.append(model.register_forward_pre_hook(
+            partial(_before_model_forward, state, _parameter_names(model), media_ids),
+            with_kwargs=True))
     for module in attention_modules:
         setattr(module, STATE_ATTRIBUTE, state)
     setattr(model, _PATCH_ATTRIBUTE, _Patch(state, decoder, attention_modules,
-                                            previous_implementation, hook))
+                                            previous_implementation, hooks))
     return model
 
 
@@ -85,7 +94,8 @@ def disable(model: torch.nn.Module) -> torch.nn.Module:
     patch: _Patch | None = getattr(model, _PATCH_ATTRIBUTE, None)
     if patch is None:
         return model
-    patch.hook.remove()
+    for hook in patch.hooks:
+        hook.remove()
     model.set_attn_implementation(_implementation_request(model, patch.previous_implementation))
     for module in patch.attention_modules:
         if hasattr(module, STATE_ATTRIBUTE):
@@ -221,6 +231,21 @@ def _with_argument(name: str, value: Any, names: list[str], args: tuple,
         args[names.index(name)] = value
         return tuple(args), kwargs
     return args, {**kwargs, name: value}
+
+
+def _before_model_forward(state: ZipVLState, names: list[str], media_ids: tuple[int, ...],
+                          module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+    """``keep_text_tokens``: note which positions of the prompt are image or video tokens
+    (the decoder only sees embeddings); the decoder's hook takes it at the prefill."""
+    state.pending_media = None
+    if state.config.keep_text_tokens:
+        input_ids = _argument("input_ids", names, args, kwargs)
+        if input_ids is not None:
+            # Compared with Python ints: no id tensor copied to the device each step.
+            is_media = input_ids == media_ids[0]
+            for token in media_ids[1:]:
+                is_media = is_media | (input_ids == token)
+            state.pending_media = is_media
 
 
 def _before_decoder_forward(state: ZipVLState, names: list[str], module: torch.nn.Module,

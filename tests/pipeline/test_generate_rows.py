@@ -10,10 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
+import zipvl
 from pipeline.errors import SystemFault
 from pipeline.job_file import load_job
 from pipeline.model_runner import GenerationSettings, context_length, generate_rows, load_model
 from tests.conftest import CAPTIONS_JOB
+from zipvl.patch import runtime_state
 from zipvl.testing import make_test_image
 
 GENERATION = GenerationSettings(max_new_tokens=6)
@@ -143,3 +145,20 @@ def test_row_sampler_draws_from_the_warped_distribution():
         assert torch.isfinite(kept).sum() == 1
         counts[kept.argmax()] += 1
     torch.testing.assert_close(counts / counts.sum(), expected[0], atol=0.03, rtol=0)
+
+
+def test_keep_text_tokens_from_the_job_file_keeps_the_text_and_is_batch_invariant():
+    spec = load_job(CAPTIONS_JOB, ["output.path=/tmp/unused", "zipvl.keep_text_tokens=true",
+                                   "zipvl.tau=0.6", "zipvl.keep_last=2"])
+    assert spec.zipvl_config().keep_text_tokens
+    loaded = load_model(spec.model_settings(), spec.zipvl_config(), "cpu")
+    texts = [PROMPT, PROMPT + " Say what is in it, and where, and what colour it is."]
+    images = [[make_test_image(index)] for index in range(2)]
+    together = generate_rows(loaded, texts, images, GENERATION)
+    assert [row.output for row in together] == [row.output for row in one_by_one(loaded, texts, images)]
+    # The last prefill (the second row alone) kept every text token, and not every token.
+    is_media = runtime_state(loaded.model).media[0]
+    record = zipvl.stats(loaded.model)
+    assert int(record.prompt_tokens[0]) == is_media.numel() and is_media.any()
+    kept = record.kept_tokens[:, 0]
+    assert (kept >= int((~is_media).sum())).all() and (kept < is_media.numel()).any()
