@@ -53,7 +53,13 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 import zipvl
 from benchmarks import peers
-from benchmarks.common import add_threads_option, apply_threads, log, write_result
+from benchmarks.common import (
+    add_threads_option,
+    apply_threads,
+    log,
+    median_and_spread,
+    write_result,
+)
 from benchmarks.corpus import long_text_ids
 from benchmarks.instrument import Shape
 from benchmarks.smollm2 import load_smollm2
@@ -129,11 +135,6 @@ def step_cost(shape: Shape, weight_bytes: int, cache_bytes: float, batch: int,
     flops = (batch * (shape.linear_flops_per_token() + shape.lm_head_flops())
              + shape.pair_flops() * shape.num_heads * shape.num_layers * cached_tokens)
     return {"bytes": weight_bytes + cache_bytes, "flops": flops}
-
-
-def summarise(values: list[float]) -> dict:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values),
-            "spread": (max(values) - min(values)) / statistics.median(values), "runs": values}
 
 
 def parse_args() -> argparse.Namespace:
@@ -218,8 +219,8 @@ def main() -> int:
             speedup_vs_uncompressed = medians[method.name] / medians[runs_by_method[1].name]
             cell["methods"].append({
                 "method": method.describe(), "kept_ratio": runs[0]["kept_ratio"],
-                "tokens_per_second": summarise([r["tokens_per_second"] for r in runs]),
-                "prefill_seconds": summarise([r["prefill_seconds"] for r in runs]),
+                "tokens_per_second": median_and_spread([r["tokens_per_second"] for r in runs]),
+                "prefill_seconds": median_and_spread([r["prefill_seconds"] for r in runs]),
                 "speedup_vs_uncompressed": speedup_vs_uncompressed,
                 "speedup_vs_dense": medians[method.name] / medians["dense"],
                 "step_bytes": cost["bytes"], "step_flops": cost["flops"],

@@ -56,6 +56,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.common import median_and_spread
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 JOB_FILE = REPO_ROOT / "jobs" / "captions.yaml"
 MODELS = ("tiny-llava", "bench-llava")
@@ -361,7 +363,7 @@ def bench_model(model: str, rows: int, worker_counts: list[int], baseline_thread
                                   "rounds": checks} for name, checks in agreement.items()}
     # Ratios of the same round (the same machine state), then their median.
     result["speedup_vs_baseline"] = {
-        f"pipeline {p_key} / baseline {b_key}": _median_and_spread(
+        f"pipeline {p_key} / baseline {b_key}": median_and_spread(
             [b["wall_seconds"] / p["wall_seconds"]
              for p, b in zip(runs[("pipeline", p_key)], runs[("baseline", b_key)])])
         for (p_side, p_key) in runs if p_side == "pipeline"
@@ -375,13 +377,6 @@ MEDIAN_FIGURES = ("rows_per_second", "steady_rows_per_second", "wall_seconds",
                   "first_batch_seconds", "model_busy_fraction")
 
 
-def _median_and_spread(values: list[float]) -> dict[str, Any]:
-    import statistics
-
-    return {"median": statistics.median(values), "min": min(values), "max": max(values),
-            "values": values}
-
-
 def median_figures(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The median over `runs` of each of ``MEDIAN_FIGURES``, and ``spread`` (min, max, all)."""
     import statistics
@@ -391,7 +386,7 @@ def median_figures(runs: list[dict[str, Any]]) -> dict[str, Any]:
         values = [run[name] for run in runs if run.get(name) is not None]
         figures[name] = statistics.median(values) if values else None
         if values:
-            figures["spread"][name] = _median_and_spread(values)
+            figures["spread"][name] = median_and_spread(values)
     return figures
 
 
@@ -423,7 +418,7 @@ def summary_lines(figures: dict[str, Any]) -> list[str]:
                              f"{_cell(run['model_busy_fraction'], '.0%', 5)} {agree:>5}")
         for pair, ratio in result["speedup_vs_baseline"].items():
             lines.append(f"{model:<12} {pair}: {ratio['median']:.3f}x "
-                         f"(rounds {', '.join(f'{v:.3f}' for v in ratio['values'])})")
+                         f"(rounds {', '.join(f'{v:.3f}' for v in ratio['runs'])})")
     return lines
 
 

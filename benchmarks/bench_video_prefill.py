@@ -51,7 +51,14 @@ from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VL
 import zipvl
 from benchmarks import peers
 from benchmarks.bench_prefill import flops_of
-from benchmarks.common import add_threads_option, apply_threads, log, write_partial, write_result
+from benchmarks.common import (
+    add_threads_option,
+    apply_threads,
+    log,
+    median_and_spread,
+    write_partial,
+    write_result,
+)
 from benchmarks.instrument import Shape, instrumented, measured_matmul_gflops
 from benchmarks.smollm2 import REPO_ROOT
 from pipeline.image_only_processors import IMAGE_ONLY_PROCESSORS
@@ -158,11 +165,6 @@ def vision_seconds(model, inputs) -> float:
     return time.perf_counter() - start
 
 
-def spread(values: list[float]) -> dict[str, float]:
-    return {"min": min(values), "max": max(values),
-            "relative_range": (max(values) - min(values)) / statistics.median(values)}
-
-
 def summarise(method: peers.Method, runs: list[dict], dense_median: float, dense_token: int,
               shape: Shape, num_tokens: int, peak: float, kept: dict[int, torch.Tensor]) -> dict:
     median = statistics.median(r["seconds"] for r in runs)
@@ -177,7 +179,7 @@ def summarise(method: peers.Method, runs: list[dict], dense_median: float, dense
     return {
         "method": method.describe(), "repeats": len(runs),
         "ttft_seconds": median, "ttft_all": [r["seconds"] for r in runs],
-        "ttft_spread": spread([r["seconds"] for r in runs]),
+        "ttft_spread": median_and_spread([r["seconds"] for r in runs]),
         "cpu_seconds": statistics.median(r["cpu_seconds"] for r in runs),
         "speedup_vs_dense": dense_median / median,
         "first_token_matches_dense": runs[-1]["token"] == dense_token,

@@ -184,3 +184,14 @@ def apply_threads(threads: int | None) -> None:
     """Set torch's thread count when ``--threads`` was given."""
     if threads:
         torch.set_num_threads(threads)
+
+
+def median_and_spread(values: list[float]) -> dict[str, Any]:
+    """The median of repeated measurements beside their spread: min, max, the range
+    relative to the median, and every run (every benchmark reports repeats this way)."""
+    import statistics
+
+    median = statistics.median(values)
+    return {"median": median, "min": min(values), "max": max(values),
+            "relative_range": (max(values) - min(values)) / median if median else None,
+            "runs": list(values)}
