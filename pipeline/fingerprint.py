@@ -9,6 +9,11 @@ mix two models' answers in one dataset, and nothing else would say so.
 ``output.allow_job_change: true`` accepts the change; the new fingerprint is then
 recorded. Resources, paths, batch sizes and Ray settings are not part of it: they
 change how the rows are made, not what they say.
+
+A ZipVL field added in a later version is missing from a fingerprint an earlier one
+recorded; it is compared at its default, which for every field added since is what the
+earlier version did (new fields are extensions that default to off). So an upgrade
+alone does not refuse to resume a job, and a field set away from its default does.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import pyarrow.fs as pafs
 
 from pipeline.errors import JobError
 from pipeline.output import OUTPUT_COLUMNS, read_json, write_bytes_atomically
+from zipvl.config import ZipVLConfig
 
 FINGERPRINT_NAME = ".zipvl/fingerprint.json"
 
@@ -54,7 +60,8 @@ def check_fingerprint(filesystem: pafs.FileSystem, output_dir: str, spec: Any) -
     """
     path = posixpath.join(output_dir, FINGERPRINT_NAME)
     current = job_fingerprint(spec)
-    recorded = read_json(filesystem, path)
+    on_file = read_json(filesystem, path)
+    recorded = with_added_zipvl_defaults(on_file) if on_file is not None else None
     if recorded is not None and recorded != current:
         changes = _differences(recorded, current)
         if not spec.output.allow_job_change:
@@ -65,9 +72,18 @@ def check_fingerprint(filesystem: pafs.FileSystem, output_dir: str, spec: Any) -
                   "them on purpose")
         print("[zipvl-batch] warning: the job changed since the output's earlier rows ("
               + "; ".join(changes) + "); output.allow_job_change is true", file=sys.stderr)
-    if recorded != current:
+    if on_file != current:
         data = json.dumps(current, indent=2, sort_keys=True).encode()
         write_bytes_atomically(filesystem, path, data)
+
+
+def with_added_zipvl_defaults(recorded: dict[str, Any]) -> dict[str, Any]:
+    """``recorded`` with the ZipVL fields it lacks at their defaults (see the module docstring)."""
+    zipvl = recorded.get("zipvl")
+    if not isinstance(zipvl, dict):
+        return recorded
+    added = {name: value for name, value in ZipVLConfig().to_dict().items() if name not in zipvl}
+    return {**recorded, "zipvl": {**added, **zipvl}}
 
 
 def _differences(before: Any, after: Any, prefix: str = "") -> list[str]:

@@ -47,3 +47,26 @@ def test_a_changed_prompt_or_model_refuses_and_other_resources_do_not(ray_cluste
     assert run_job(allowed)["counts"]["processed"] == 1
     assert json.loads((output_dir / FINGERPRINT_NAME).read_text())["task"]["prompt"] == NEW_PROMPT
     assert pq.read_table(output_dir).num_rows == 4
+
+
+def test_a_zipvl_field_added_since_the_output_was_written_counts_at_its_default(tmp_path):
+    import pyarrow.fs as pafs
+
+    from pipeline.fingerprint import check_fingerprint
+
+    output_dir = tmp_path / "out"
+    (output_dir / ".zipvl").mkdir(parents=True)
+    spec = load_job(CAPTIONS_JOB, [*OVERRIDES, f"output.path={output_dir}"])
+    older = job_fingerprint(spec)
+    # What a version before keep_text_tokens and budget_spread existed recorded.
+    del older["zipvl"]["keep_text_tokens"], older["zipvl"]["budget_spread"]
+    (output_dir / FINGERPRINT_NAME).write_text(json.dumps(older))
+    filesystem = pafs.LocalFileSystem()
+    check_fingerprint(filesystem, str(output_dir), spec)  # the same job: it resumes
+    assert json.loads((output_dir / FINGERPRINT_NAME).read_text()) == job_fingerprint(spec)
+
+    (output_dir / FINGERPRINT_NAME).write_text(json.dumps(older))
+    keeping_text = load_job(CAPTIONS_JOB, [*OVERRIDES, f"output.path={output_dir}",
+                                           "zipvl.keep_text_tokens=true"])
+    with pytest.raises(JobChanged, match=r"zipvl.keep_text_tokens: False -> True"):
+        check_fingerprint(filesystem, str(output_dir), keeping_text)
