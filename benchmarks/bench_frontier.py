@@ -17,6 +17,9 @@ result each, merged (with the front computed) by ``--phase front``:
   (``instrument.py``), and the FLOP ceiling: the speed-up the configuration would
   reach if it ran at dense SDPA's FLOP rate, ``FLOPs(dense) / FLOPs(config)``
   (``bench_prefill.flops_of``), with the share of it reached.
+* ``kvpress`` (``frontier-kvpress-<suite>-latest.json``): NVIDIA kvpress's presses
+  (``kvpress_peer.py``, in their own environment) on the same documents at the budget
+  the suite's fidelity run reached, summarised per text family as the others are.
 * ``front`` (``frontier-latest.json``, ``frontier.png``): both, joined per
   configuration; the Pareto front of agreement against the 8K speed-up, and which
   configurations meet issue 13's targets.
@@ -31,6 +34,7 @@ the front joins every suite that was run.
     python -m benchmarks.bench_frontier --phase speed --threads 2
     python -m benchmarks.bench_frontier --phase fidelity --suite high-tau --threads 2
     python -m benchmarks.bench_frontier --phase speed --suite high-tau --threads 2 --peer-ratio R
+    python -m benchmarks.bench_frontier --phase kvpress --suite tau-0.995 --threads 2
     python -m benchmarks.bench_frontier --phase front
     python -m benchmarks.bench_frontier --phase fidelity --quick   # 2 documents x 256 tokens
 """
@@ -206,6 +210,44 @@ def fidelity_phase(args: argparse.Namespace, started: float) -> None:
     write_result(stem, args.quick, settings, {"dense": dense_rows, "runs": runs}, started)
     (RESULTS_DIR / f"{stem}{'-quick' if args.quick else ''}-partial.json").unlink(
         missing_ok=True)
+
+
+def kvpress_phase(args: argparse.Namespace, started: float) -> None:
+    """kvpress's presses on the fidelity phase's documents at its peers' budget."""
+    from benchmarks.bench_fidelity import run_kvpress
+
+    fidelity = load_latest(result_name("fidelity", args.suite), args.quick)
+    fidelity_settings = fidelity["settings"]
+    budget_config = fidelity_settings["budget_config"]
+    budget_run = next(r for r in fidelity["figures"]["runs"] if r["config_name"] == budget_config)
+    ratio, tau = budget_run["kept_ratio"], ALL_CONFIGS[budget_config]["tau"]
+    families = fidelity_settings["families"]
+    counts = {"benchmark": len(families["benchmark"]), "held_out": len(families["held_out"])}
+    request = {"context_tokens": fidelity_settings["context_tokens"],
+               "continuation_tokens": fidelity_settings["continuation_tokens"],
+               "answer_tokens": fidelity_settings["answer_tokens"],
+               "sources": [[list(BENCHMARK_SOURCES), counts["benchmark"]],
+                           [[HELD_OUT_SOURCE], counts["held_out"]]],
+               "answer_taus": [tau], "threads": torch.get_num_threads()}
+    settings = {"suite": args.suite, "budget_config": budget_config, "kept_ratio": ratio,
+                "tau": tau, "fidelity_result": fidelity["created_utc"], "request": request}
+    log(f"kvpress at kept ratio {ratio:.3f} ({budget_config})")
+    result = run_kvpress(request, {tau: ratio}, args.quick)
+    if result.get("status") == "ok":
+        names = result["documents"]
+        if [name for members in families.values() for name in members] != names:
+            raise RuntimeError(f"kvpress built other documents than the fidelity run: {names}")
+        dense_nll = dict(zip(names, result["dense_nll"]))
+        for run in result["runs"]:
+            run["by_family"] = {
+                family: _metrics([r for r in run["per_document"] if r["document"] in members],
+                                 dense_nll)
+                for family, members in families.items() if members}
+    write_result(result_name("kvpress", args.suite), args.quick, settings, result, started)
+    for run in result.get("runs", []):
+        log(f"{run['press']:<24} kept {run['kept_ratio']:.3f} NLL {100 * run['nll_increase']:+.2f}% "
+            + " ".join(f"{family} agree {figures['agreement']:.3f}"
+                       for family, figures in run["by_family"].items()))
 
 
 def speed_methods(names: tuple[str, ...], peer_ratio: float,
@@ -389,7 +431,8 @@ def front_phase(args: argparse.Namespace, started: float) -> None:
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--phase", choices=("fidelity", "speed", "front"), required=True)
+    parser.add_argument("--phase", choices=("fidelity", "speed", "kvpress", "front"),
+                        required=True)
     parser.add_argument("--quick", action="store_true",
                         help="2 short documents, 3 configurations, 1K tokens, one repetition")
     parser.add_argument("--suite", choices=sorted(SUITES), default="main",
@@ -409,7 +452,8 @@ def main() -> None:
     args = parse_args()
     started = time.perf_counter()
     apply_threads(args.threads)
-    {"fidelity": fidelity_phase, "speed": speed_phase, "front": front_phase}[args.phase](
+    {"fidelity": fidelity_phase, "speed": speed_phase, "kvpress": kvpress_phase,
+     "front": front_phase}[args.phase](
         args, started)
 
 

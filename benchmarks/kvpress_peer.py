@@ -119,8 +119,12 @@ def run(request: dict) -> dict:
     model, tokenizer = _model_and_tokenizer()
     eos = model.generation_config.eos_token_id
     stops = set(eos if isinstance(eos, list) else [eos])
-    documents = build_documents(tokenizer, settings["context_tokens"],
-                                settings["continuation_tokens"], settings["documents"])
+    # ``sources``: [[source names], count] groups, as bench_frontier builds its families.
+    groups = settings.get("sources") or [[["kjv", "pyref"], settings["documents"]]]
+    documents = [document for sources, count in groups
+                 for document in build_documents(tokenizer, settings["context_tokens"],
+                                                 settings["continuation_tokens"], count,
+                                                 tuple(sources))]
     answer_tokens = settings["answer_tokens"]
     answer_taus = set(settings["answer_taus"])
     prompts = [[d.question_prompt_ids(tokenizer, q) for q in d.questions] for d in documents]
@@ -133,7 +137,7 @@ def run(request: dict) -> dict:
 
     result = {"status": "ok", "kvpress": kvpress.__version__ if hasattr(kvpress, "__version__")
               else "0.5.5", "transformers": transformers.__version__, "torch": torch.__version__,
-              "dense_nll": dense_nll, "runs": []}
+              "documents": [d.name for d in documents], "dense_nll": dense_nll, "runs": []}
     presses = PRESSES[:2] if request.get("quick") else PRESSES
     for tau_text, ratio in request["budgets"].items():
         tau = float(tau_text)
