@@ -19,13 +19,15 @@ def _clamp_budget(budget: int, keep_last: int, num_tokens: int) -> int:
     return max(1, min(max(budget, keep_last), num_tokens))
 
 
-def adaptive_budget(accumulated: torch.Tensor, total_mass: float, tau: float,
+def adaptive_budget(accumulated: torch.Tensor, total_mass: float | torch.Tensor, tau: float,
                     keep_last: int) -> int:
     """``p = min{k : sum of the k largest scores >= tau * M}``, clamped to ``[keep_last, n]``.
 
     ``accumulated [n]`` holds each key's summed probe attention and ``total_mass``
-    is ``M = H * |P|``. ``tau >= 1`` keeps every token: rounding can leave the
-    cumulative sum just short of ``M``, so it is not left to the arithmetic.
+    is ``M = H * |P|``, or a 0-d tensor where ``M`` is itself a device value (the mass
+    on some of the keys, ``zipvl.text_tokens``). ``tau >= 1`` keeps every token:
+    rounding can leave the cumulative sum just short of ``M``, so it is not left to
+    the arithmetic.
     """
     num_tokens = accumulated.numel()
     if num_tokens == 0:
@@ -35,9 +37,14 @@ def adaptive_budget(accumulated: torch.Tensor, total_mass: float, tau: float,
     ranked = torch.sort(accumulated.detach().to(torch.float64), descending=True).values
     cumulative = torch.cumsum(ranked, dim=0)
     # Count of prefixes still below the threshold; the next one reaches it. The threshold
-    # goes in as a Python scalar (no host-to-device copy); the budget is a shape, so reading
+    # goes in as a Python scalar (no host-to-device copy) or stays where it was computed;
+    # the budget is a shape, so reading
     # it back is the one host synchronisation a layer's selection needs.
-    budget = int(torch.searchsorted(cumulative, tau * float(total_mass), side="left").item()) + 1
+    if isinstance(total_mass, torch.Tensor):
+        threshold = (tau * total_mass).to(cumulative.dtype).reshape(1)
+    else:
+        threshold = tau * float(total_mass)
+    budget = int(torch.searchsorted(cumulative, threshold, side="left").item()) + 1
     return _clamp_budget(min(budget, num_tokens), keep_last, num_tokens)
 
 

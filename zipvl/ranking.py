@@ -73,8 +73,9 @@ def score_probes(query: torch.Tensor, key: torch.Tensor, config: ZipVLConfig, la
                        group=query.shape[0] // key.shape[0])
 
 
-def keep_ranked(probes: ProbeScores, budget: int, config: ZipVLConfig) -> torch.Tensor:
-    """Steps 4-5: the ``budget`` most important positions per KV head, ``[Hk, budget]`` sorted."""
+def importance(probes: ProbeScores, config: ZipVLConfig) -> torch.Tensor:
+    """Step 4: each key's importance per KV head ``[Hk, n]``, as ``config.ranking`` and
+    ``config.score_pooling`` rank."""
     with record_function("zipvl.importance"):
         if config.ranking == "recent":
             summed = probes.recent_sums
@@ -82,8 +83,14 @@ def keep_ranked(probes: ProbeScores, budget: int, config: ZipVLConfig) -> torch.
         else:
             summed = probes.recent_sums + probes.earlier_sums
             positions = probes.positions
-        importance = normalize_summed(summed, positions, probes.group)
+        scores = normalize_summed(summed, positions, probes.group)
         if config.score_pooling > 1:
-            importance = pool_scores(importance, config.score_pooling)
+            scores = pool_scores(scores, config.score_pooling)
+        return scores
+
+
+def keep_ranked(probes: ProbeScores, budget: int, config: ZipVLConfig) -> torch.Tensor:
+    """Steps 4-5: the ``budget`` most important positions per KV head, ``[Hk, budget]`` sorted."""
+    scores = importance(probes, config)
     with record_function("zipvl.selection"):
-        return select_tokens(importance, budget, config.keep_last, config.selection)
+        return select_tokens(scores, budget, config.keep_last, config.selection)

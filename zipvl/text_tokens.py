@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from torch.profiler import record_function
 
-from zipvl.ranking import every_position, score_probes
-from zipvl.scores import normalize_summed, pool_scores
+from zipvl.budget import adaptive_budget
+from zipvl.ranking import every_position, importance, score_probes
 from zipvl.select import select_tokens
 
 # Config attributes naming an LVLM's media placeholder tokens (LLaVA's older configs
@@ -36,11 +36,12 @@ def media_token_ids(model_config: Any) -> tuple[int, ...]:
 
 @dataclass(frozen=True)
 class SampleMedia:
-    """Where one unpadded sample's media tokens are: ``is_media [n]`` (bool, on the model's
-    device) and, read once per prefill, how many tokens are kept whatever the scores
-    (``forced``: text tokens and the last ``keep_last``) and how many compete (``candidates``)."""
+    """One unpadded sample's media tokens that compete for the budget: ``candidate [n]``
+    (bool, on the model's device: media tokens outside the last ``keep_last``) and, read
+    once per prefill, how many tokens are kept whatever the scores (``forced``: text
+    tokens and the last ``keep_last``) and how many compete (``candidates``)."""
 
-    is_media: torch.Tensor
+    candidate: torch.Tensor
     forced: int
     candidates: int
 
@@ -49,11 +50,14 @@ def sample_media(is_media: list[torch.Tensor], keep_last: int) -> list[SampleMed
     """``SampleMedia`` of each sample's ``is_media [n_i]``, with one host read for them all."""
     if not is_media:
         return []
-    counts = [torch.stack([mask.sum(), mask[:max(mask.numel() - keep_last, 0)].sum()])
-              for mask in is_media]
-    host = torch.stack(counts).tolist()
-    return [SampleMedia(mask, forced=mask.numel() - candidates, candidates=candidates)
-            for mask, (_, candidates) in zip(is_media, host)]
+    candidate_masks = []
+    for mask in is_media:
+        candidate = mask.clone()
+        candidate[max(mask.numel() - keep_last, 0):] = False
+        candidate_masks.append(candidate)
+    counts = torch.stack([candidate.sum() for candidate in candidate_masks]).tolist()
+    return [SampleMedia(candidate, forced=candidate.numel() - count, candidates=count)
+            for candidate, count in zip(candidate_masks, counts)]
 
 
 def keep_text_and_ranked_media(query: torch.Tensor, key: torch.Tensor, media: SampleMedia,
@@ -62,31 +66,14 @@ def keep_text_and_ranked_media(query: torch.Tensor, key: torch.Tensor, media: Sa
 
     ``query [H, n, d]`` after RoPE and ``key [Hk, n, d]`` of one unpadded sample.
     """
-    num_tokens = key.shape[1]
     if media.candidates == 0 or config.tau >= 1.0:
         return every_position(key)
     probes = score_probes(query, key, config, layer_idx, scale)
-    candidate = media.is_media.clone()
-    candidate[max(num_tokens - config.keep_last, 0):] = False
     with record_function("zipvl.budget"):
-        scores = probes.accumulated().double()
-        ranked = torch.sort(scores.masked_fill(~candidate, float("-inf")), descending=True).values
-        ranked = ranked[:media.candidates]
-        threshold = config.tau * ranked.sum()
-        # The fewest candidates reaching the threshold; the count is a shape, so this is
-        # the selection's one host read, as in ``zipvl.budget.adaptive_budget``.
-        below = int((torch.cumsum(ranked, dim=0) < threshold).sum().item())
-        chosen = min(below + 1, media.candidates)
-    with record_function("zipvl.importance"):
-        if config.ranking == "recent":
-            summed = probes.recent_sums
-            positions = probes.positions[probes.positions.numel() - probes.num_recent:]
-        else:
-            summed = probes.recent_sums + probes.earlier_sums
-            positions = probes.positions
-        importance = normalize_summed(summed, positions, probes.group)
-        if config.score_pooling > 1:
-            importance = pool_scores(importance, config.score_pooling)
-        importance = importance.float().masked_fill(~candidate, float("inf"))
+        # Eq. 6 over the candidates alone: the others count as no attention at all.
+        scores = probes.accumulated().double().masked_fill(~media.candidate, 0.0)
+        chosen = min(adaptive_budget(scores, scores.sum(), config.tau, keep_last=0),
+                     media.candidates)
+    ranked = importance(probes, config).float().masked_fill(~media.candidate, float("inf"))
     with record_function("zipvl.selection"):
-        return select_tokens(importance, media.forced + chosen, config.keep_last, config.selection)
+        return select_tokens(ranked, media.forced + chosen, config.keep_last, config.selection)
