@@ -98,6 +98,9 @@ class Prompts:
 
     question_ids: list[torch.Tensor]
     dense_answers: list[list[int]]
+    # The positions of each prompt that stand in for media (``zipvl.mark_media``): needed
+    # by a method with ``keep_text_tokens``, since this text model has no media tokens.
+    question_media: list[torch.Tensor] | None = None
 
 
 def stop_ids(model) -> set[int]:
@@ -113,7 +116,7 @@ def read_continuation(model, document: Document) -> tuple[float, np.ndarray | No
     kept = stats.kept_ratio[:, 0] if stats is not None else None
     continuation = document.continuation_ids
     read = model(input_ids=continuation[None, :-1], use_cache=True,
-                 **{zipvl.cache_keyword(model): prefill.past_key_values})
+                 **{zipvl.cache_keyword(model): zipvl.returned_cache(prefill)})
     return continuation_nll(prefill.logits[0, -1], read.logits[0], continuation), kept
 
 
@@ -137,8 +140,11 @@ def evaluate(model, tokenizer, method: peers.Method, documents: list[Document],
     per_doc = []
     layer_ratios = []
     stops = stop_ids(model)
+    marks_media = method.config is not None and method.config.keep_text_tokens
     with peers.applied(model, method):
         for document, reference_nll, prompt in zip(documents, dense_nll, prompts):
+            if marks_media:  # the continuation's context is the document alone: all of it
+                zipvl.mark_media(model, torch.ones(1, document.context_ids.numel(), dtype=torch.bool))
             nll, kept = read_continuation(model, document)
             row = {"document": document.name, "nll": nll, "dense_nll": reference_nll,
                    "nll_increase": nll / reference_nll - 1.0,
@@ -147,8 +153,10 @@ def evaluate(model, tokenizer, method: peers.Method, documents: list[Document],
                 layer_ratios.append(kept)
             if with_answers:
                 answers = []
-                for question, question_ids, dense_answer in zip(
-                        document.questions, prompt.question_ids, prompt.dense_answers):
+                for index, (question, question_ids, dense_answer) in enumerate(zip(
+                        document.questions, prompt.question_ids, prompt.dense_answers)):
+                    if marks_media:
+                        zipvl.mark_media(model, prompt.question_media[index])
                     tokens, answer_kept = greedy_answer(model, question_ids, answer_tokens)
                     text = tokenizer.decode(tokens, skip_special_tokens=True)
                     answers.append({

@@ -150,7 +150,7 @@ MIN_SPEEDUP_8K = 1.35
 MIN_PAPER_SPEEDUP_8K = 1.5
 
 
-def _metrics(rows: list[dict], dense_nll: dict[str, float]) -> dict:
+def family_metrics(rows: list[dict], dense_nll: dict[str, float]) -> dict:
     """NLL increase (summed), agreement, exact and title recall over some documents."""
     answers = [answer for row in rows for answer in row.get("answers", [])]
     titles = [a["title_recall"] for a in answers if a["title_recall"] is not None]
@@ -193,7 +193,7 @@ def fidelity_phase(args: argparse.Namespace, started: float) -> None:
         result = evaluate(model, tokenizer, method, documents, dense_nll, prompts, True, 32,
                           {"config_name": name, "family": method.family})
         result["by_family"] = {
-            family: _metrics([r for r in result["per_document"] if r["document"] in members],
+            family: family_metrics([r for r in result["per_document"] if r["document"] in members],
                              nll_by_document)
             for family, members in families.items() if members}
         runs.append(result)
@@ -240,7 +240,7 @@ def kvpress_phase(args: argparse.Namespace, started: float) -> None:
         dense_nll = dict(zip(names, result["dense_nll"]))
         for run in result["runs"]:
             run["by_family"] = {
-                family: _metrics([r for r in run["per_document"] if r["document"] in members],
+                family: family_metrics([r for r in run["per_document"] if r["document"] in members],
                                  dense_nll)
                 for family, members in families.items() if members}
     write_result(result_name("kvpress", args.suite), args.quick, settings, result, started)

@@ -28,6 +28,8 @@ if TYPE_CHECKING:
         cache_kwargs,
         disable,
         enable,
+        mark_media,
+        returned_cache,
         stats,
     )
     from zipvl.statistics import ZipVLStats
@@ -41,6 +43,8 @@ _LAZY = {
     "cache_kwargs": "zipvl.patch",
     "disable": "zipvl.patch",
     "enable": "zipvl.patch",
+    "mark_media": "zipvl.patch",
+    "returned_cache": "zipvl.patch",
     "stats": "zipvl.patch",
     "ZipVLStats": "zipvl.statistics",
 }
@@ -58,6 +62,8 @@ __all__ = [
     "cache_kwargs",
     "disable",
     "enable",
+    "mark_media",
+    "returned_cache",
     "stats",
 ]
 

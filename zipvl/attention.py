@@ -94,10 +94,12 @@ class ZipVLState:
             if self.media is None:
                 raise RuntimeError("keep_text_tokens needs the prompt's input_ids to find its image "
                                    "and video tokens: call the whole model with input_ids, not "
-                                   "its language model or inputs_embeds")
-            if self.media.shape[-1] != num_tokens:
-                raise RuntimeError(f"keep_text_tokens: the prompt's input_ids hold "
-                                   f"{self.media.shape[-1]} positions, the prefill {num_tokens}")
+                                   "its language model or inputs_embeds; on a model without "
+                                   "image or video tokens, name them with zipvl.mark_media "
+                                   "before each prompt")
+            if tuple(self.media.shape) != (len(layout.counts), num_tokens):
+                raise RuntimeError(f"keep_text_tokens: the media mask is {tuple(self.media.shape)}, "
+                                   f"the prefill {len(layout.counts)} x {num_tokens}")
             padded = self.media[:, None, :, None]
             masks = [layout.take(padded, sample)[0, :, 0] for sample in range(len(layout.counts))]
             self._samples_media = sample_media(masks, self.config.keep_last)

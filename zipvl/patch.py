@@ -61,9 +61,6 @@ def enable(model: torch.nn.Module, config: ZipVLConfig | Mapping[str, Any] | Non
     _check_supported(model)
     check_flash_backend(config.backend, _device_of(model))
     media_ids = media_token_ids(model.config)
-    if config.keep_text_tokens and not media_ids:
-        raise ValueError(f"keep_text_tokens needs a vision-language model; {model.config.model_type} "
-                         "has no image or video token")
     register()
     patch: _Patch | None = getattr(model, _PATCH_ATTRIBUTE, None)
     if patch is not None:
@@ -114,6 +111,27 @@ def runtime_state(model: torch.nn.Module) -> ZipVLState:
     if patch is None:
         raise ValueError("this model is not patched with ZipVL: call zipvl.enable(model) first")
     return patch.state
+
+
+def mark_media(model: torch.nn.Module, is_media: torch.Tensor) -> None:
+    """``keep_text_tokens`` on a model without image or video tokens: ``is_media [b, n]``
+    (bool) names the positions of the *next* prompt that compete for the budget; every
+    other position is kept. The next prefill takes the mark and the one after it needs
+    a new one. For prompts whose media are not placeholder ids, such as a text passage
+    standing in for an image (``benchmarks/bench_frontier.py --suite text-as-media``).
+    An LVLM's image and video positions are always read from its ``input_ids``.
+    """
+    state = runtime_state(model)
+    if media_token_ids(model.config):
+        raise ValueError(f"{model.config.model_type} has image or video tokens: keep_text_tokens "
+                         "reads them from the prompt's input_ids, so there is nothing to mark")
+    if not state.config.keep_text_tokens:
+        raise ValueError("mark_media needs a config with keep_text_tokens=True")
+    if is_media.dtype != torch.bool or is_media.dim() != 2:
+        raise ValueError(f"is_media must be a [batch, tokens] bool tensor, got "
+                         f"{is_media.dtype} of shape {tuple(is_media.shape)}")
+    device = _device_of(model)
+    state.pending_media = is_media if device is None else is_media.to(device)
 
 
 def stats(model: torch.nn.Module) -> ZipVLStats:
@@ -198,6 +216,21 @@ def cache_kwargs(model: torch.nn.Module) -> dict[str, Any]:
     """``{cache_keyword(model): ZipVLCache()}`` for a patched model, ``{}`` for another:
     ``model.generate(**inputs, **zipvl.cache_kwargs(model))`` on every supported version."""
     return {cache_keyword(model): ZipVLCache()} if is_enabled(model) else {}
+
+
+def returned_cache(output: Any) -> Any:
+    """The KV cache a forward or ``generate`` returned (``None`` without ``use_cache``).
+
+    Read from the output's own fields, not from the transformers version: ``cache`` on
+    5.24+, ``past_key_values`` before. 5.24+ keeps ``past_key_values`` as an alias that
+    logs a deprecation warning on every read and may go in a later release.
+    """
+    fields = getattr(output, "__dataclass_fields__", {})
+    for name in _CACHE_ARGUMENT_NAMES:
+        if name in fields:
+            return getattr(output, name)
+    raise ValueError(f"{type(output).__name__} holds no cache field "
+                     f"(looked for {', '.join(_CACHE_ARGUMENT_NAMES)})")
 
 
 def _parameter_names(module: torch.nn.Module) -> list[str]:

@@ -73,7 +73,7 @@ def test_every_layer_keeps_the_mean_of_the_per_layer_budgets(family):
     expected = [math.ceil(per_layer.kept_tokens[:, sample].sum() / per_layer.kept_tokens.shape[0])
                 for sample in range(per_layer.kept_tokens.shape[1])]
     assert even.kept_tokens.tolist() == [expected] * even.kept_tokens.shape[0]
-    cache = output.past_key_values
+    cache = zipvl.returned_cache(output)
     assert cache.kept_tokens().tolist() == [expected] * len(cache.layers)
     assert all(layer.lengths.tolist() == expected for layer in cache.layers)
     assert all(not layer.awaiting_compression for layer in cache.layers)
@@ -90,8 +90,8 @@ def test_the_even_cache_is_the_fixed_budget_cache_at_the_even_budget():
     fixed_output, fixed_stats = _prefill(model, fixed, inputs)
 
     assert fixed_stats.kept_tokens.tolist() == even.kept_tokens.tolist()
-    for even_layer, fixed_layer in zip(even_output.past_key_values.layers,
-                                       fixed_output.past_key_values.layers):
+    for even_layer, fixed_layer in zip(zipvl.returned_cache(even_output).layers,
+                                       zipvl.returned_cache(fixed_output).layers):
         assert torch.equal(even_layer.keys, fixed_layer.keys)
         assert torch.equal(even_layer.values, fixed_layer.values)
 
@@ -155,5 +155,5 @@ def test_without_a_cache_the_budgets_are_still_reported():
     inputs = _prompts("llama", processor)
     _, with_cache = _prefill(model, EVEN, inputs)
     output, without_cache = _prefill(model, EVEN, inputs, use_cache=False)
-    assert output.past_key_values is None
+    assert zipvl.returned_cache(output) is None
     assert without_cache.kept_tokens.tolist() == with_cache.kept_tokens.tolist()

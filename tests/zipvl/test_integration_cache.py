@@ -134,7 +134,7 @@ def test_cache_holds_kept_tokens_and_their_bytes(family):
     try:
         with torch.no_grad():
             output = model(**inputs)
-        cache = output.past_key_values
+        cache = zipvl.returned_cache(output)
         stats = zipvl.stats(model)
         assert isinstance(cache, ZipVLCache)
         assert torch.equal(cache.kept_tokens(), torch.as_tensor(stats.kept_tokens))
@@ -147,7 +147,7 @@ def test_cache_holds_kept_tokens_and_their_bytes(family):
         with torch.no_grad():
             generated = model.generate(**inputs, max_new_tokens=NEW_TOKENS,
                                        min_new_tokens=NEW_TOKENS, return_dict_in_generate=True)
-        cache = generated.past_key_values
+        cache = zipvl.returned_cache(generated)
         stats = zipvl.stats(model)
         # generate forwards every new token but the last one.
         decoded = NEW_TOKENS - 1
@@ -170,7 +170,7 @@ def test_user_cache_and_generate_cache_give_the_same_tokens(family):
             user_cache = ZipVLCache()
             explicit = model.generate(**inputs, past_key_values=user_cache,
                                       max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS)
-            swapped = model(**inputs, past_key_values=DynamicCache()).past_key_values
+            swapped = zipvl.returned_cache(model(**inputs, past_key_values=DynamicCache()))
     finally:
         zipvl.disable(model)
     assert torch.equal(implicit, explicit)
@@ -230,7 +230,7 @@ def _manual_decode_step(model, inputs):
         with torch.no_grad():
             prefill = model(**inputs, use_cache=True)
             next_token = prefill.logits[:, -1:].argmax(-1)
-            step = model(input_ids=next_token, past_key_values=prefill.past_key_values,
+            step = model(input_ids=next_token, past_key_values=zipvl.returned_cache(prefill),
                          use_cache=True)
     finally:
         handle.remove()

@@ -4,7 +4,8 @@ transformers 5.24 renamed the cache argument ``past_key_values`` to ``cache`` (t
 old name stays a deprecated alias until 5.40). ZipVL must not care: ``generate``
 with or without an explicit ``ZipVLCache``, and a hand-written loop as lm-eval and
 kvpress write it (a ``use_cache=True`` prefill, then one token at a time with the
-returned cache and explicit ``position_ids``), passing the cache under either name.
+returned cache and explicit ``position_ids``), passing the cache under either name
+and reading it back with ``zipvl.returned_cache``.
 
 References: the unpatched model's greedy tokens (ZipVL at ``tau=1.0`` keeps every
 token, so it must reproduce them exactly), and ``generate``'s own tokens for the
@@ -55,7 +56,7 @@ def _manual_loop(model, inputs, cache_name: str, explicit_positions: bool) -> to
         # Left padding: positions count a sample's real tokens (padding sits at 0).
         prefill_inputs["position_ids"] = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     prefill = model(**prefill_inputs, use_cache=True)
-    cache = prefill.past_key_values
+    cache = zipvl.returned_cache(prefill)
     assert isinstance(cache, zipvl.ZipVLCache) == zipvl.patch.is_enabled(model)
     token = prefill.logits[:, -1:].argmax(-1)
     next_position = attention_mask.sum(-1, keepdim=True)
@@ -66,7 +67,7 @@ def _manual_loop(model, inputs, cache_name: str, explicit_positions: bool) -> to
             attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(token), 1)], -1)
             step_inputs.update(attention_mask=attention_mask, position_ids=next_position)
         step = model(**step_inputs)
-        cache = step.past_key_values
+        cache = zipvl.returned_cache(step)
         token = step.logits[:, -1:].argmax(-1)
         next_position = next_position + 1
         generated.append(token)
@@ -84,6 +85,29 @@ def test_cache_keyword_is_the_forward_argument_of_this_transformers():
         assert name == zipvl.cache_keyword(model) and isinstance(cache, zipvl.ZipVLCache)
     finally:
         zipvl.disable(model)
+
+
+def test_returned_cache_reads_the_field_this_transformers_declares():
+    model, processor = build_tiny_model("llama")
+    inputs = _ragged_batch("llama", processor)
+    renamed = Version(transformers.__version__) >= Version("5.24.0.dev0")
+    field = "cache" if renamed else "past_key_values"
+    zipvl.enable(model, COMPRESSING)
+    try:
+        with torch.no_grad():
+            output = model(**inputs, use_cache=True)
+            assert field in output.__dataclass_fields__
+            cache = zipvl.returned_cache(output)
+            assert isinstance(cache, zipvl.ZipVLCache) and cache is getattr(output, field)
+            assert cache.get_seq_length() == inputs["input_ids"].shape[1]
+            assert zipvl.returned_cache(model(**inputs, use_cache=False)) is None
+            generated = model.generate(**inputs, max_new_tokens=2, do_sample=False,
+                                       return_dict_in_generate=True)
+            assert isinstance(zipvl.returned_cache(generated), zipvl.ZipVLCache)
+    finally:
+        zipvl.disable(model)
+    with pytest.raises(ValueError, match="no cache field"):
+        zipvl.returned_cache(object())
 
 
 @pytest.mark.parametrize("family", ALL_FAMILIES)

@@ -34,7 +34,7 @@ def test_every_step_has_its_range_once_per_sample_and_layer(budget_spread):
         with torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) as profiler:
             output = model(**inputs, **zipvl.cache_kwargs(model), use_cache=True)
             model(input_ids=output.logits[:, -1:].argmax(-1),
-                  **{zipvl.cache_keyword(model): output.past_key_values}, use_cache=True)
+                  **{zipvl.cache_keyword(model): zipvl.returned_cache(output)}, use_cache=True)
     finally:
         zipvl.disable(model)
     counts = {event.key: event.count for event in profiler.key_averages()}

@@ -53,7 +53,7 @@ def test_same_seed_same_output_other_seed_other_selection(family):
         for run, seed in (("first", 0), ("again", 0), ("other_1", 1), ("other_2", 2)):
             zipvl.enable(model, zipvl.ZipVLConfig(tau=0.9, seed=seed))
             result = _generate(model, inputs)
-            runs[run] = (result.sequences, zipvl.stats(model), result.past_key_values)
+            runs[run] = (result.sequences, zipvl.stats(model), zipvl.returned_cache(result))
     finally:
         zipvl.disable(model)
 
@@ -215,7 +215,7 @@ def test_foreign_cache_with_content_is_refused():
     model, processor = build_tiny_model("llama")
     inputs = _inputs("llama", processor, word_counts=(20,))
     with torch.no_grad():
-        dense_cache = model(**inputs, past_key_values=DynamicCache()).past_key_values
+        dense_cache = zipvl.returned_cache(model(**inputs, past_key_values=DynamicCache()))
     zipvl.enable(model)
     try:
         with pytest.raises(ValueError, match="ZipVLCache"), torch.no_grad():
@@ -246,7 +246,7 @@ def test_recompression_with_tau_one_keeps_every_token():
         zipvl.disable(model)
     assert torch.equal(result.sequences, dense)
     expected = inputs["attention_mask"].sum(-1) + 6
-    for layer in result.past_key_values.layers:
+    for layer in zipvl.returned_cache(result).layers:
         assert torch.equal(layer.lengths, expected)
 
 
@@ -259,7 +259,7 @@ def test_recompression_shrinks_the_cache_while_decoding():
         stats = zipvl.stats(model)
     finally:
         zipvl.disable(model)
-    cache = result.past_key_values
+    cache = zipvl.returned_cache(result)
     assert isinstance(cache, ZipVLCache)
     without_recompression = torch.as_tensor(stats.kept_tokens) + 6
     assert (cache.kept_tokens() <= without_recompression).all()

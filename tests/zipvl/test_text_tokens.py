@@ -108,8 +108,6 @@ def test_the_config_refuses_what_keep_text_tokens_cannot_do():
                             ({"keep_text_tokens": 1}, "true or false")]:
         with pytest.raises(ValueError, match=message):
             ZipVLConfig(**{"keep_text_tokens": True, **values})
-    with pytest.raises(ValueError, match="vision-language"):
-        zipvl.enable(build_tiny_model("llama")[0], {"keep_text_tokens": True})
 
 
 def _ragged_batch(kind, family, processor):
@@ -187,3 +185,86 @@ def test_the_language_model_alone_cannot_find_the_media_tokens():
     with torch.no_grad(), pytest.raises(RuntimeError, match="input_ids"):
         model.get_decoder()(inputs_embeds=embeddings, attention_mask=inputs["attention_mask"],
                             use_cache=True, **zipvl.cache_kwargs(model))
+
+
+# ---- zipvl.mark_media: a text model, with the media positions named by the caller ----
+
+
+def _text_batch(tokenizer):
+    rng = random.Random(11)
+    prompts = [" ".join(rng.choice(WORDS) for _ in range(count)) for count in (80, 55)]
+    tokenizer.padding_side = "left"
+    return tokenizer(prompts, return_tensors="pt", padding=True)
+
+
+def _marked_span(attention_mask):
+    """The middle half of each sample's real tokens, as a text passage standing in for media."""
+    is_media = torch.zeros_like(attention_mask, dtype=torch.bool)
+    for sample, real in enumerate(attention_mask.bool()):
+        positions = real.nonzero().flatten()
+        quarter = positions.numel() // 4
+        is_media[sample, positions[quarter:-quarter]] = True
+    return is_media
+
+
+def test_marked_positions_compete_and_every_other_position_reaches_the_cache(monkeypatch):
+    model, tokenizer = build_tiny_model("llama")
+    inputs = _text_batch(tokenizer)
+    is_media = _marked_span(inputs["attention_mask"])
+    real = inputs["attention_mask"].bool()
+    calls = _recorded_compressions(monkeypatch)
+    zipvl.enable(model, ZipVLConfig(tau=0.6, keep_last=4, keep_text_tokens=True))
+    zipvl.mark_media(model, is_media)
+    with torch.no_grad():
+        model(**inputs, use_cache=True, **zipvl.cache_kwargs(model))
+    assert len(calls) == model.config.num_hidden_layers
+    for layer, kept in enumerate(calls):
+        for sample in range(real.shape[0]):
+            text = (real[sample] & ~is_media[sample]).nonzero().flatten()
+            media = (real[sample] & is_media[sample]).nonzero().flatten()
+            for head_kept in kept[sample]:
+                assert torch.isin(text, head_kept).all(), (layer, sample)
+                assert torch.isin(head_kept, media).sum() < media.numel(), (layer, sample)
+
+
+def test_a_mark_without_media_generates_what_the_unpatched_model_does():
+    model, tokenizer = build_tiny_model("llama")
+    inputs = _text_batch(tokenizer)
+    with torch.no_grad():
+        expected = model.generate(**inputs, max_new_tokens=6, do_sample=False)
+        zipvl.enable(model, ZipVLConfig(tau=0.3, keep_last=2, keep_text_tokens=True))
+        zipvl.mark_media(model, torch.zeros_like(inputs["input_ids"], dtype=torch.bool))
+        got = model.generate(**inputs, max_new_tokens=6, do_sample=False, **zipvl.cache_kwargs(model))
+    assert zipvl.stats(model).mean_kept_ratio.min() == pytest.approx(1.0)
+    assert torch.equal(got, expected)
+
+
+def test_a_mark_serves_one_prefill_and_a_text_model_without_one_is_refused():
+    model, tokenizer = build_tiny_model("llama")
+    inputs = _text_batch(tokenizer)
+    zipvl.enable(model, ZipVLConfig(tau=0.6, keep_text_tokens=True))
+    zipvl.mark_media(model, _marked_span(inputs["attention_mask"]))
+    with torch.no_grad():
+        model.generate(**inputs, max_new_tokens=3, do_sample=False, **zipvl.cache_kwargs(model))
+        with pytest.raises(RuntimeError, match="mark_media"):
+            model.generate(**inputs, max_new_tokens=3, do_sample=False, **zipvl.cache_kwargs(model))
+        zipvl.mark_media(model, _marked_span(inputs["attention_mask"])[:, 1:])
+        with pytest.raises(RuntimeError, match="media mask is"):
+            model(**inputs, use_cache=True, **zipvl.cache_kwargs(model))
+
+
+def test_mark_media_refuses_what_it_cannot_serve():
+    text_model, tokenizer = build_tiny_model("llama")
+    mask = torch.ones(1, 5, dtype=torch.bool)
+    with pytest.raises(ValueError, match="not patched"):
+        zipvl.mark_media(text_model, mask)
+    zipvl.enable(text_model, ZipVLConfig(tau=0.6))
+    with pytest.raises(ValueError, match="keep_text_tokens=True"):
+        zipvl.mark_media(text_model, mask)
+    zipvl.enable(text_model, ZipVLConfig(tau=0.6, keep_text_tokens=True))
+    with pytest.raises(ValueError, match="bool"):
+        zipvl.mark_media(text_model, mask.long())
+    lvlm, _ = build_tiny_model("llava")
+    zipvl.enable(lvlm, ZipVLConfig(tau=0.6, keep_text_tokens=True))
+    with pytest.raises(ValueError, match="input_ids"):
+        zipvl.mark_media(lvlm, mask)

@@ -1,0 +1,146 @@
+"""Benchmark: ``keep_text_tokens`` measured on a text stand-in for an image-heavy prompt.
+
+Issue 13 asks what keeping every text token, the question included, and sparsifying
+only the visual tokens does to answers: ZipVL's own setting (He et al., arXiv
+2410.08584, Sec. 4: image-heavy prompts). No trained LVLM runs offline here, so the
+one trained model, SmolLM2-135M-Instruct, stands in: in each question prompt the
+1,024-token document plays the image (``zipvl.mark_media`` names its positions) and
+the chat template and the question are the text. This is a proxy: a document's tokens
+are not visual tokens, and how an LVLM's attention spreads over an image is not
+measured by it.
+
+Two layouts, each with its own dense answers:
+* ``document first`` (the frontier's prompt; LLaVA's order: image, then question): the
+  question sits in the last ``keep_last`` tokens, which every configuration keeps;
+* ``question first`` (the question, then the document, then the answer): the question
+  competes for the budget unless the option keeps it.
+
+Each configuration runs with and without ``keep_text_tokens`` on the frontier's 16
+documents (12 + 4 held out) and reports NLL, agreement, exact answers and title recall
+against dense, per text family.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from benchmarks import peers
+from benchmarks.bench_fidelity import Prompts, evaluate, greedy_answer, read_continuation
+from benchmarks.bench_frontier import (
+    BENCHMARK_SOURCES,
+    FULL_DOCUMENTS,
+    HELD_OUT_DOCUMENTS,
+    family_metrics,
+)
+from benchmarks.common import (
+    add_threads_option,
+    apply_threads,
+    log,
+    write_partial,
+    write_result,
+)
+from benchmarks.corpus import HELD_OUT_SOURCE, Document, build_documents
+from benchmarks.smollm2 import load_smollm2
+from zipvl.config import ZipVLConfig
+
+LAYOUTS = ("document first", "question first")
+TAUS = (0.995, 0.975)
+ANSWER_TOKENS = 32
+NAME = "text-as-media"
+
+
+def layout_prompt(tokenizer, document: Document, question: str,
+                  question_first: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The chat prompt ``[1, L]`` and which of its positions are the document's ``[1, L]``."""
+    if question_first:
+        content = f"{question.replace('the text above', 'the text below')}\n\n{document.context_text}"
+    else:
+        content = f"{document.context_text}\n\n{question}"
+    messages = [{"role": "user", "content": content}]
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True,
+                        return_tensors="pt")
+    reference = tokenizer.apply_chat_template(messages, add_generation_prompt=True,
+                                              return_tensors="pt", return_dict=True)["input_ids"]
+    if not torch.equal(encoded["input_ids"], reference):
+        raise RuntimeError(f"{document.name}: the template's tokens differ from its text's")
+    start = text.index(document.context_text)
+    end = start + len(document.context_text)
+    offsets = encoded["offset_mapping"][0]
+    # A token straddling the document's edge counts as text, so it is kept.
+    inside = (offsets[:, 0] >= start) & (offsets[:, 1] <= end) & (offsets[:, 1] > offsets[:, 0])
+    return encoded["input_ids"], inside[None]
+
+
+def layout_reference(model, tokenizer, documents: list[Document],
+                     question_first: bool) -> tuple[list[Prompts], list[dict]]:
+    """Each document's prompts in one layout, and dense's answers to them."""
+    prompts, rows = [], []
+    for document in documents:
+        built = [layout_prompt(tokenizer, document, q, question_first) for q in document.questions]
+        answers = [greedy_answer(model, ids, ANSWER_TOKENS)[0] for ids, _ in built]
+        prompts.append(Prompts([ids for ids, _ in built], answers, [media for _, media in built]))
+        rows.append({"document": document.name, "source": document.source,
+                     "prompt_tokens": [int(ids.shape[1]) for ids, _ in built],
+                     "document_tokens": [int(media.sum()) for _, media in built],
+                     "answers": [tokenizer.decode(a, skip_special_tokens=True) for a in answers]})
+    return prompts, rows
+
+
+def config_for(tau: float, keep_text_tokens: bool) -> ZipVLConfig:
+    """The default at ``tau``, with or without the option."""
+    return ZipVLConfig(tau=tau, keep_text_tokens=keep_text_tokens)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="2 documents of 256 tokens")
+    add_threads_option(parser)
+    args = parser.parse_args()
+    started = time.perf_counter()
+    apply_threads(args.threads)
+    model, tokenizer = load_smollm2()
+    context_tokens = 256 if args.quick else 1024
+    counts = (1, 1) if args.quick else (FULL_DOCUMENTS, HELD_OUT_DOCUMENTS)
+    documents = (build_documents(tokenizer, context_tokens, 128, counts[0], BENCHMARK_SOURCES)
+                 + build_documents(tokenizer, context_tokens, 128, counts[1], (HELD_OUT_SOURCE,)))
+    families = {"benchmark": [d.name for d in documents if d.source in BENCHMARK_SOURCES],
+                "held_out": [d.name for d in documents if d.source == HELD_OUT_SOURCE]}
+    settings = {"context_tokens": context_tokens, "continuation_tokens": 128,
+                "answer_tokens": ANSWER_TOKENS, "families": families, "layouts": LAYOUTS,
+                "configs": {f"tau {tau}{', keep text' if keep else ''}": config_for(tau, keep).to_dict()
+                            for tau in TAUS for keep in (False, True)}}
+    with torch.inference_mode():
+        dense_nll = [read_continuation(model, document)[0] for document in documents]
+    nll_by_document = {d.name: nll for d, nll in zip(documents, dense_nll)}
+    figures: dict = {"dense": {}, "runs": []}
+    for layout in LAYOUTS:
+        prompts, rows = layout_reference(model, tokenizer, documents, layout == "question first")
+        figures["dense"][layout] = rows
+        log(f"{layout}: dense answers for {len(documents)} documents")
+        for tau in TAUS:
+            for keep_text in (False, True):
+                name = f"{layout}, tau {tau}{', keep text' if keep_text else ''}"
+                method = peers.Method(name, "zipvl", config_for(tau, keep_text))
+                result = evaluate(model, tokenizer, method, documents, dense_nll, prompts, True,
+                                  ANSWER_TOKENS, {"layout": layout, "tau": tau,
+                                                  "keep_text_tokens": keep_text})
+                result["by_family"] = {
+                    family: family_metrics([r for r in result["per_document"]
+                                            if r["document"] in members], nll_by_document)
+                    for family, members in families.items() if members}
+                # The budget the answers ran under (the prompts hold the template and question).
+                result["answer_kept_ratio"] = float(np.mean(
+                    [a["kept_ratio"] for r in result["per_document"] for a in r["answers"]]))
+                figures["runs"].append(result)
+                write_partial(NAME, args.quick, settings, figures, started)
+    write_result(NAME, args.quick, settings, figures, started)
+    write_partial(NAME, args.quick, settings, figures, started).unlink()
+
+
+if __name__ == "__main__":
+    main()
