@@ -91,6 +91,25 @@ def layout_reference(model, tokenizer, documents: list[Document],
     return prompts, rows
 
 
+@torch.inference_mode()
+def text_kept_share(model, method: peers.Method, prompts: list[Prompts]) -> float:
+    """The share of the text positions outside the last ``keep_last`` (the template, and
+    the question where it comes first) that ``method`` keeps, over layers, KV heads and
+    prompts: what ``keep_text_tokens`` would add back."""
+    shares = []
+    for prompt in prompts:
+        for ids, is_media in zip(prompt.question_ids, prompt.question_media):
+            kept: dict[int, torch.Tensor] = {}
+            with peers.applied(model, method, kept=kept):
+                model(input_ids=ids, use_cache=True, logits_to_keep=1)
+            text = (~is_media[0]).clone()
+            text[max(ids.shape[1] - method.config.keep_last, 0):] = False
+            positions = text.nonzero().flatten()
+            for layer_kept in kept.values():
+                shares.extend(float(torch.isin(positions, head).float().mean()) for head in layer_kept)
+    return float(np.mean(shares))
+
+
 def config_for(tau: float, keep_text_tokens: bool) -> ZipVLConfig:
     """The default at ``tau``, with or without the option."""
     return ZipVLConfig(tau=tau, keep_text_tokens=keep_text_tokens)
@@ -99,8 +118,17 @@ def config_for(tau: float, keep_text_tokens: bool) -> ZipVLConfig:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="2 documents of 256 tokens")
+    parser.add_argument("--taus", type=float, nargs="+", default=list(TAUS))
+    parser.add_argument("--layouts", nargs="+", choices=LAYOUTS, default=list(LAYOUTS))
+    parser.add_argument("--options", nargs="+", choices=("off", "on"), default=["off", "on"],
+                        help="run without (off) and/or with (on) keep_text_tokens")
+    parser.add_argument("--label", default=None,
+                        help="written as text-as-media-LABEL (e.g. the default at budgets "
+                             "matched to the option's)")
     add_threads_option(parser)
     args = parser.parse_args()
+    name = f"{NAME}-{args.label}" if args.label else NAME
+    options = [option == "on" for option in args.options]
     started = time.perf_counter()
     apply_threads(args.threads)
     model, tokenizer = load_smollm2()
@@ -111,21 +139,21 @@ def main() -> None:
     families = {"benchmark": [d.name for d in documents if d.source in BENCHMARK_SOURCES],
                 "held_out": [d.name for d in documents if d.source == HELD_OUT_SOURCE]}
     settings = {"context_tokens": context_tokens, "continuation_tokens": 128,
-                "answer_tokens": ANSWER_TOKENS, "families": families, "layouts": LAYOUTS,
+                "answer_tokens": ANSWER_TOKENS, "families": families, "layouts": args.layouts,
                 "configs": {f"tau {tau}{', keep text' if keep else ''}": config_for(tau, keep).to_dict()
-                            for tau in TAUS for keep in (False, True)}}
+                            for tau in args.taus for keep in options}}
     with torch.inference_mode():
         dense_nll = [read_continuation(model, document)[0] for document in documents]
     nll_by_document = {d.name: nll for d, nll in zip(documents, dense_nll)}
     figures: dict = {"dense": {}, "runs": []}
-    for layout in LAYOUTS:
+    for layout in args.layouts:
         prompts, rows = layout_reference(model, tokenizer, documents, layout == "question first")
         figures["dense"][layout] = rows
         log(f"{layout}: dense answers for {len(documents)} documents")
-        for tau in TAUS:
-            for keep_text in (False, True):
-                name = f"{layout}, tau {tau}{', keep text' if keep_text else ''}"
-                method = peers.Method(name, "zipvl", config_for(tau, keep_text))
+        for tau in args.taus:
+            for keep_text in options:
+                run_name = f"{layout}, tau {tau}{', keep text' if keep_text else ''}"
+                method = peers.Method(run_name, "zipvl", config_for(tau, keep_text))
                 result = evaluate(model, tokenizer, method, documents, dense_nll, prompts, True,
                                   ANSWER_TOKENS, {"layout": layout, "tau": tau,
                                                   "keep_text_tokens": keep_text})
@@ -136,10 +164,12 @@ def main() -> None:
                 # The budget the answers ran under (the prompts hold the template and question).
                 result["answer_kept_ratio"] = float(np.mean(
                     [a["kept_ratio"] for r in result["per_document"] for a in r["answers"]]))
+                if not keep_text:  # with the option every one is kept (its tests check it)
+                    result["text_kept_share"] = text_kept_share(model, method, prompts)
                 figures["runs"].append(result)
-                write_partial(NAME, args.quick, settings, figures, started)
-    write_result(NAME, args.quick, settings, figures, started)
-    write_partial(NAME, args.quick, settings, figures, started).unlink()
+                write_partial(name, args.quick, settings, figures, started)
+    write_result(name, args.quick, settings, figures, started)
+    write_partial(name, args.quick, settings, figures, started).unlink()
 
 
 if __name__ == "__main__":
