@@ -67,8 +67,9 @@ class ZipVLState:
     # together once the last one is (``zipvl.even_spread``).
     scored_layers: dict[int, ScoredLayer] = field(default_factory=dict, repr=False)
     # ``keep_text_tokens``: which prompt positions are image or video tokens, ``[b, n]``,
-    # recorded from ``input_ids`` by the model's forward pre-hook (``zipvl.patch``) before
-    # the decoder starts the prefill; per sample once the padding is known.
+    # recorded from ``input_ids`` by the model's forward pre-hook (``zipvl.patch``), or
+    # named by ``zipvl.mark_media`` on a text model, before the decoder starts the
+    # prefill; per sample once the padding is known.
     pending_media: torch.Tensor | None = field(default=None, repr=False)
     media: torch.Tensor | None = field(default=None, repr=False)
     _samples_media: list[SampleMedia] | None = field(default=None, repr=False)

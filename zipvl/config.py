@@ -71,7 +71,8 @@ class ZipVLConfig:
     keep_text_tokens: *extension*, for LVLM prompts: every text token is kept and only
         the image and video tokens compete for the budget (the adaptive budget over
         them alone; ``zipvl.text_tokens``). Needs the adaptive strategy, ``per_layer``
-        spread and no re-compression; a prompt without media tokens runs dense.
+        spread and no re-compression; a prompt without media tokens runs dense. On a
+        model without image or video tokens, ``zipvl.mark_media`` names the positions.
 
     The defaults were chosen on the measured frontier of answer fidelity against
     prefill speed (``benchmarks/bench_frontier.py``, README "The method, the

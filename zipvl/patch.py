@@ -118,7 +118,7 @@ def mark_media(model: torch.nn.Module, is_media: torch.Tensor) -> None:
     (bool) names the positions of the *next* prompt that compete for the budget; every
     other position is kept. The next prefill takes the mark and the one after it needs
     a new one. For prompts whose media are not placeholder ids, such as a text passage
-    standing in for an image (``benchmarks/bench_frontier.py --suite text-as-media``).
+    standing in for an image (``benchmarks/bench_text_as_media.py``).
     An LVLM's image and video positions are always read from its ``input_ids``.
     """
     state = runtime_state(model)
