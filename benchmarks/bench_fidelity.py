@@ -141,6 +141,9 @@ def evaluate(model, tokenizer, method: peers.Method, documents: list[Document],
     layer_ratios = []
     stops = stop_ids(model)
     marks_media = method.config is not None and method.config.keep_text_tokens
+    if marks_media and any(prompt.question_media is None for prompt in prompts):
+        raise ValueError(f"{method.name} keeps the text tokens: the prompts must say which "
+                         "positions stand in for media (Prompts.question_media)")
     with peers.applied(model, method):
         for document, reference_nll, prompt in zip(documents, dense_nll, prompts):
             if marks_media:  # the continuation's context is the document alone: all of it

@@ -56,11 +56,7 @@ NAME = "text-as-media"
 def layout_prompt(tokenizer, document: Document, question: str,
                   question_first: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """The chat prompt ``[1, L]`` and which of its positions are the document's ``[1, L]``."""
-    if question_first:
-        content = f"{question.replace('the text above', 'the text below')}\n\n{document.context_text}"
-    else:
-        content = f"{document.context_text}\n\n{question}"
-    messages = [{"role": "user", "content": content}]
+    messages = document.question_messages(question, question_first)
     text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True,
                         return_tensors="pt")

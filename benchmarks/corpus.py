@@ -94,10 +94,19 @@ class Document:
     context_text: str
     questions: tuple[str, ...]
 
+    def question_messages(self, question: str, question_first: bool = False) -> list[dict]:
+        """The chat turn asking ``question`` of the document: the document, then the
+        question, or (``question_first``) the question, reworded to point below, then
+        the document."""
+        if question_first:
+            below = question.replace("the text above", "the text below")
+            return [{"role": "user", "content": f"{below}\n\n{self.context_text}"}]
+        return [{"role": "user", "content": f"{self.context_text}\n\n{question}"}]
+
     def question_prompt_ids(self, tokenizer: PreTrainedTokenizerBase,
                             question: str) -> torch.Tensor:
         """The chat prompt ``[1, L]``: the document, then the question, ready to answer."""
-        messages = [{"role": "user", "content": f"{self.context_text}\n\n{question}"}]
+        messages = self.question_messages(question)
         encoded = tokenizer.apply_chat_template(messages, add_generation_prompt=True,
                                                 return_tensors="pt", return_dict=True)
         return encoded["input_ids"]

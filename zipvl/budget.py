@@ -38,8 +38,8 @@ def adaptive_budget(accumulated: torch.Tensor, total_mass: float | torch.Tensor,
     cumulative = torch.cumsum(ranked, dim=0)
     # Count of prefixes still below the threshold; the next one reaches it. The threshold
     # goes in as a Python scalar (no host-to-device copy) or stays where it was computed;
-    # the budget is a shape, so reading
-    # it back is the one host synchronisation a layer's selection needs.
+    # the budget is a shape, so reading it back is the one host synchronisation a
+    # layer's selection needs.
     if isinstance(total_mass, torch.Tensor):
         threshold = (tau * total_mass).to(cumulative.dtype).reshape(1)
     else:
