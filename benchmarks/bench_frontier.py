@@ -27,7 +27,8 @@ result each, merged (with the front computed) by ``--phase front``:
 ``--suite high-tau`` runs the same phases for tau 0.99 (``HIGH_TAU_CONFIGS``) with
 its own peers at its own budget, into ``frontier-<phase>-high-tau-latest.json``;
 ``--suite even`` the even spread of the budget over the layers at tau 0.975 and 0.99
-(``EVEN_CONFIGS``), ``--suite tau-0.995`` the even and per-layer spreads at tau 0.995;
+(``EVEN_CONFIGS``), ``--suite tau-0.995`` the even and per-layer spreads at tau 0.995,
+``--suite tau-0.995-sparse`` the sparse prefill modes at tau 0.995;
 the front joins every suite that was run.
 
     python -m benchmarks.bench_frontier --phase fidelity --threads 2
@@ -119,6 +120,12 @@ TAU_0995_CONFIGS: dict[str, dict] = {
     "dense prefill, window, tau 0.995": {**_BASE, **WINDOW_RANKING, "prefill": "dense",
                                          "tau": 0.995},
 }
+# Sparse prefill at the default's budget: whether a mode faster than dense keeps the
+# answer targets there (at tau 0.975 and 0.99 none did).
+TAU_0995_SPARSE_CONFIGS: dict[str, dict] = {
+    f"{mode}, window, tau 0.995": {**_BASE, **WINDOW_RANKING, "prefill": mode, "tau": 0.995}
+    for mode in ("kv_local", "kept_dense", "kept_dense_local")
+}
 QUICK_CONFIGS = ("paper", "kv_local, window", "kept_dense_local, window")
 # Each suite: its configurations, and the one whose budget the cache-only peers match
 # (same cache, dense prefill). Results are written per suite and joined by the front.
@@ -127,8 +134,10 @@ SUITES: dict[str, tuple[dict[str, dict], str]] = {
     "high-tau": (HIGH_TAU_CONFIGS, "dense prefill, window, tau 0.99"),
     "even": (EVEN_CONFIGS, "dense prefill, window, even"),
     "tau-0.995": (TAU_0995_CONFIGS, "dense prefill, window, even, tau 0.995"),
+    "tau-0.995-sparse": (TAU_0995_SPARSE_CONFIGS, "kv_local, window, tau 0.995"),
 }
-ALL_CONFIGS = {**CONFIGS, **HIGH_TAU_CONFIGS, **EVEN_CONFIGS, **TAU_0995_CONFIGS}
+ALL_CONFIGS = {**CONFIGS, **HIGH_TAU_CONFIGS, **EVEN_CONFIGS, **TAU_0995_CONFIGS,
+               **TAU_0995_SPARSE_CONFIGS}
 
 
 def result_name(phase: str, suite: str) -> str:
