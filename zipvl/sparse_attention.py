@@ -269,5 +269,30 @@ def decode_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
     last_visible = (lengths.to(query.device)[:, None] - num_new
                     + torch.arange(num_new, device=query.device)[None, :])
     allowed = slots[None, None, :] <= last_visible[:, :, None]
+    if query.device.type == "cpu" and query.dtype in (torch.float32, torch.float64):
+        return _grouped_decode_attention(query, key, value, allowed, scale)
     return F.scaled_dot_product_attention(query, key, value, attn_mask=allowed[:, None],
                                           scale=scale, enable_gqa=True)
+
+
+def _grouped_decode_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                              allowed: torch.Tensor, scale: float) -> torch.Tensor:
+    """Decoding attention with the query heads of each KV head as the rows of one product.
+
+    A decoding step is bound by reading the cache. SDPA with ``enable_gqa`` runs every
+    query head on its own on CPU, a pass over the KV head per query head; here the
+    ``G`` heads that share a KV head (and the new tokens) are the rows of one matrix
+    product, so each cached K/V is read once per step. On CPU in float32 this was
+    faster than SDPA at every measured size (``benchmarks/bench_decode_kernel.py``);
+    other devices and dtypes keep SDPA, which accumulates low precision in float32.
+    ``allowed [b, q, capacity]``.
+    """
+    batch, num_heads, num_new, head_dim = query.shape
+    num_kv_heads = key.shape[1]
+    group = num_heads // num_kv_heads
+    rows = query.reshape(batch, num_kv_heads, group * num_new, head_dim)
+    scores = torch.matmul(rows, key.transpose(-1, -2)).mul_(scale)
+    scores.view(batch, num_kv_heads, group, num_new, -1).masked_fill_(
+        ~allowed[:, None, None], float("-inf"))
+    probs = torch.softmax(scores, dim=-1)
+    return torch.matmul(probs, value).view(batch, num_heads, num_new, head_dim)

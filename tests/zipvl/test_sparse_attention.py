@@ -160,7 +160,9 @@ def test_unknown_mode_is_refused():
 
 @HEADS
 @pytest.mark.parametrize("num_new", [1, 3])
-def test_decode_attention_matches_batch_size_one(num_heads, num_kv_heads, num_new):
+# float64 takes the grouped CPU kernel, bfloat16 SDPA (decode_attention picks by dtype).
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_decode_attention_matches_batch_size_one(num_heads, num_kv_heads, num_new, dtype):
     lengths = torch.tensor([7, 12, num_new])
     capacity = 15
     batch = lengths.numel()
@@ -173,8 +175,12 @@ def test_decode_attention_matches_batch_size_one(num_heads, num_kv_heads, num_ne
     for sample, length in enumerate(lengths.tolist()):
         key[sample, :, length:] = 1e3
         value[sample, :, length:] = 1e6
-    output = decode_attention(query, key, value, lengths, scale=0.3)
+    output = decode_attention(query.to(dtype), key.to(dtype), value.to(dtype), lengths,
+                              scale=0.3).double()
     assert output.shape == query.shape
+    # bfloat16 inputs: the reference is taken on the same rounded inputs.
+    query, key, value = query.to(dtype).double(), key.to(dtype).double(), value.to(dtype).double()
+    tolerance = {} if dtype == torch.float64 else {"atol": 2e-2, "rtol": 2e-2}
     group = num_heads // num_kv_heads
     for sample, length in enumerate(lengths.tolist()):
         for head in range(num_heads):
@@ -185,7 +191,7 @@ def test_decode_attention_matches_batch_size_one(num_heads, num_kv_heads, num_ne
             new_positions = torch.arange(length - num_new, length)[:, None]
             allowed = torch.arange(length)[None, :] <= new_positions
             probs = torch.softmax(logits.masked_fill(~allowed, float("-inf")), dim=-1)
-            torch.testing.assert_close(output[sample, head], probs @ valid_values)
+            torch.testing.assert_close(output[sample, head], probs @ valid_values, **tolerance)
 
 
 # ---- the split CPU path of kv / kv_local against the fused-mask path ---------------------
