@@ -34,6 +34,10 @@ _MIN_QUERY_CHUNK = 256
 # tuned with ``benchmarks/bench_kernels.py``: smaller chunks shrink the masked part,
 # larger ones give the kernel larger tiles; 128 (x G folded heads) was fastest or tied.
 _SPLIT_QUERY_CHUNK = 128
+# New tokens per call up to which CPU decoding takes the grouped kernel: it forms the
+# scores [b, Hk, G x new, capacity] whole, which a long appended chunk (a continuation
+# scored through the cache) would make large; SDPA streams them.
+_GROUPED_MAX_NEW_TOKENS = 16
 
 
 def dense_causal_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -269,7 +273,8 @@ def decode_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
     last_visible = (lengths.to(query.device)[:, None] - num_new
                     + torch.arange(num_new, device=query.device)[None, :])
     allowed = slots[None, None, :] <= last_visible[:, :, None]
-    if query.device.type == "cpu" and query.dtype in (torch.float32, torch.float64):
+    if (query.device.type == "cpu" and query.dtype in (torch.float32, torch.float64)
+            and num_new <= _GROUPED_MAX_NEW_TOKENS):
         return _grouped_decode_attention(query, key, value, allowed, scale)
     return F.scaled_dot_product_attention(query, key, value, attn_mask=allowed[:, None],
                                           scale=scale, enable_gqa=True)

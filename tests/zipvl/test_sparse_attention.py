@@ -159,12 +159,14 @@ def test_unknown_mode_is_refused():
 
 
 @HEADS
-@pytest.mark.parametrize("num_new", [1, 3])
-# float64 takes the grouped CPU kernel, bfloat16 SDPA (decode_attention picks by dtype).
+@pytest.mark.parametrize("num_new", [1, 3, 20])
+# float64 with up to 16 new tokens takes the grouped CPU kernel; bfloat16, and 20 new
+# tokens, SDPA (decode_attention picks by dtype and by the new tokens).
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
 def test_decode_attention_matches_batch_size_one(num_heads, num_kv_heads, num_new, dtype):
-    lengths = torch.tensor([7, 12, num_new])
-    capacity = 15
+    # Ragged: two samples with cached tokens before the new ones, one with only new ones.
+    lengths = torch.tensor([num_new + 4, num_new + 9, num_new])
+    capacity = num_new + 12
     batch = lengths.numel()
     generator = torch.Generator().manual_seed(num_new)
     query = torch.randn(batch, num_heads, num_new, 8, generator=generator, dtype=torch.float64)
