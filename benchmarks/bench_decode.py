@@ -95,13 +95,17 @@ def methods() -> list[peers.Method]:
     ]
 
 
+def ragged_lengths(context: int, batch: int) -> list[int]:
+    """A ragged batch's prompt lengths: spread evenly from ``3/4 context`` to ``context``."""
+    if batch == 1:
+        return [context]
+    shortest = (3 * context) // 4
+    return [shortest + (context - shortest) * i // (batch - 1) for i in range(batch)]
+
+
 def ragged_batch(tokenizer, context: int, batch: int) -> dict[str, torch.Tensor]:
     """``batch`` different passages, lengths from ``3/4 context`` to ``context``, left-padded."""
-    if batch == 1:
-        lengths = [context]
-    else:
-        shortest = (3 * context) // 4
-        lengths = [shortest + (context - shortest) * i // (batch - 1) for i in range(batch)]
+    lengths = ragged_lengths(context, batch)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     input_ids = torch.full((batch, context), pad, dtype=torch.long)
     attention_mask = torch.zeros((batch, context), dtype=torch.long)

@@ -8,8 +8,8 @@ the caches of 30 layers, so the K/V come from memory and not from a cache that o
 layer's repeated calls would keep warm (one layer at 2K x 8 is 25 MB, about this
 machine's last-level cache). SmolLM2-135M's shape (9 query / 3 KV
 heads, head dim 64, float32), one new token per sample on a **ragged** batch (lengths
-spread from 3/4 of the context to the full context, the layout of
-``bench_decode.ragged_batch``):
+spread from 3/4 of the context to the full context: ``bench_decode.ragged_lengths``,
+the lengths of its ragged batches):
 
 * ``sdpa``: ``F.scaled_dot_product_attention`` with ``enable_gqa`` and the ragged
   boolean mask, the kernel ZipVL decoded with before;
@@ -32,6 +32,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from benchmarks.bench_decode import ragged_lengths
 from benchmarks.common import (
     add_threads_option,
     apply_threads,
@@ -47,13 +48,6 @@ QUICK_CELLS = ((512, 2),)
 LAYERS = 30  # SmolLM2-135M's
 PASSES_PER_TIMING = 3
 TOLERANCE = 1e-4
-
-
-def ragged_lengths(context: int, batch: int) -> torch.Tensor:
-    if batch == 1:
-        return torch.tensor([context])
-    shortest = (3 * context) // 4
-    return torch.tensor([shortest + (context - shortest) * i // (batch - 1) for i in range(batch)])
 
 
 def sdpa_decode(query, key, value, lengths, scale):
@@ -94,7 +88,7 @@ def run_cell(context: int, batch: int, repeats: int) -> dict:
     generator = torch.Generator().manual_seed(context + batch)
     # Capacity past the longest sample, as the growing cache has.
     capacity = context + 16
-    lengths = ragged_lengths(context, batch)
+    lengths = torch.tensor(ragged_lengths(context, batch))
     layers = []
     for _ in range(LAYERS):
         query = torch.randn(batch, HEADS, 1, HEAD_DIM, generator=generator)
@@ -110,13 +104,13 @@ def run_cell(context: int, batch: int, repeats: int) -> dict:
         sys.exit(1)
     for kernel in KERNELS.values():  # warm-up
         kernel(*arguments)
-    key = arguments[1]
     seconds: dict[str, list[float]] = {name: [] for name in KERNELS}
     names = list(KERNELS)
     for repeat in range(repeats):
         for name in names[repeat % len(names):] + names[:repeat % len(names)]:
             seconds[name].append(time_call(KERNELS[name], layers))
     medians = {name: median_and_spread(values) for name, values in seconds.items()}
+    key = arguments[1]  # every layer's K and V have this shape
     cache_bytes = 2 * key.numel() * key.element_size()
     stream = medians["stream"]["median"]
     cell = {"context": context, "batch": batch, "kv_bytes": cache_bytes,
