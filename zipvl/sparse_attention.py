@@ -288,7 +288,9 @@ def _grouped_decode_attention(query: torch.Tensor, key: torch.Tensor, value: tor
     ``enable_gqa``, takes each (sample, query head) as its own problem of one query row;
     here the ``G`` heads that share a KV head (and the new tokens) are the rows of one
     matrix product over that KV head. On CPU in float32 this was 1.17x-1.24x faster
-    than SDPA at every measured size (``benchmarks/bench_decode_kernel.py``); other
+    than SDPA at 2K-8K tokens x 8 and 2K x 1 (``benchmarks/bench_decode_kernel.py``),
+    but slower on a cache small enough to stay in the CPU's caches (512 x 2: 0.81x and
+    0.85x in two quick runs, not saved); other
     devices (not measured) and low-precision dtypes (which SDPA accumulates in float32)
     keep SDPA.
     ``allowed [b, q, capacity]``.
